@@ -1,0 +1,124 @@
+"""Hallucination metrics: CHAIR, coverage, yes/no probing and the labeler's self-check.
+
+CHAIR (Rohrbach et al. 2018): CHAIR_i = hallucinated object mentions / all object mentions
+(repeats counted); CHAIR_s = responses with >= 1 hallucinated mention / all responses.
+Coverage = sum |mentioned ∩ truth| / sum |truth|. In the toy world an object is a shape, and
+ground truth is exact.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .feedback import FeedbackConfig, yes_no_probs
+from .records import Prompt
+from .sampling import SamplingConfig, sample_candidates
+from .toyworld.grammar import INSTRUCTIONS, existence_question, parse_description
+from .toyworld.render import render_scene
+from .toyworld.scenes import PARTNERS, SHAPES, Scene
+
+__all__ = [
+    "toy_mentions",
+    "chair",
+    "existence_probe",
+    "yes_no_accuracy",
+    "EvalConfig",
+    "evaluate_policy",
+]
+
+
+def toy_mentions(text: str) -> list[str]:
+    """Object (shape) mentions of a toy description, in order, repeats kept."""
+    return [m.shape for m in parse_description(text)]
+
+
+def chair(texts: Sequence[str], truths: Sequence[set[str]], mentions_fn=toy_mentions) -> dict[str, float]:
+    """CHAIR_i, CHAIR_s, coverage and mean words of responses against ground-truth object sets."""
+    n_mentions = n_hall = n_hall_resp = covered = n_truth = words = 0
+    for text, truth in zip(texts, truths, strict=True):
+        mentions = mentions_fn(text)
+        hall = [m for m in mentions if m not in truth]
+        n_mentions += len(mentions)
+        n_hall += len(hall)
+        n_hall_resp += bool(hall)
+        covered += len(set(mentions) & set(truth))
+        n_truth += len(truth)
+        words += len(text.split())
+    n = max(1, len(texts))
+    return {
+        "chair_i": n_hall / n_mentions if n_mentions else 0.0,
+        "chair_s": n_hall_resp / n,
+        "coverage": covered / n_truth if n_truth else 0.0,
+        "mean_words": words / n,
+        "n_mentions": n_mentions,
+        "n_hallucinated": n_hall,
+    }
+
+
+def existence_probe(scenes: Sequence[Scene], seed: int = 0) -> list[tuple[int, str, bool]]:
+    """(scene index, question, true answer): each present shape, and as many absent ones, adversarial first.
+
+    Absent shapes are drawn first among the co-occurrence partners of present shapes (POPE's
+    adversarial split), then at random among the other absent shapes.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i, s in enumerate(scenes):
+        present = [o.shape for o in s.in_reading_order()]
+        partners = [PARTNERS[p] for p in present if PARTNERS[p] not in s.shapes]
+        others = [x for x in SHAPES if x not in s.shapes and x not in partners]
+        rng.shuffle(partners)
+        rng.shuffle(others)
+        absent = partners + others
+        for k, p in enumerate(present):
+            rows.append((i, existence_question(p), True))
+            rows.append((i, existence_question(absent[k]), False))
+    return rows
+
+
+def yes_no_accuracy(model: Any, processor: Any, scenes: Sequence[Scene], images: Sequence[Any] | None = None, cfg: FeedbackConfig | None = None) -> float:
+    """Accuracy of the model's P(yes) > P(no) answers on the adversarial existence probe."""
+    images = list(images) if images is not None else [render_scene(s) for s in scenes]
+    probe = existence_probe(scenes)
+    probs = yes_no_probs(model, processor, images, [q for _, q, _ in probe], [i for i, _, _ in probe], cfg)
+    return sum((py > pn) == truth for (py, pn), (_, _, truth) in zip(probs, probe)) / max(1, len(probe))
+
+
+@dataclass
+class EvalConfig:
+    """Settings of the held-out evaluation.
+
+    Args:
+        temperature (float, defaults to 0.7): sampling temperature of the descriptions.
+        seed (int, defaults to 0): sampling seed.
+        max_new_tokens (int, defaults to 64): response length cap.
+        batch_size (int, defaults to 100): rows per generate / forward call.
+    """
+
+    temperature: float = 0.7
+    seed: int = 0
+    max_new_tokens: int = 64
+    batch_size: int = 100
+
+
+def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: EvalConfig | None = None, progress: bool = False) -> dict[str, Any]:
+    """CHAIR_i, CHAIR_s, coverage, mean words, yes/no accuracy and self-check accuracy on scenes."""
+    cfg = cfg or EvalConfig()
+    images = [render_scene(s) for s in scenes]
+    prompts = [Prompt(s.id, im, INSTRUCTIONS[0]) for s, im in zip(scenes, images)]
+    scfg = SamplingConfig(n=1, temperature=cfg.temperature, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    cands = sample_candidates(model, processor, prompts, scfg, progress=progress)
+    texts = [c.text for c in cands]
+    metrics = chair(texts, [s.shapes for s in scenes])
+    fcfg = FeedbackConfig(batch_size=cfg.batch_size)
+    metrics["yes_no_accuracy"] = yes_no_accuracy(model, processor, scenes, images, fcfg)
+    # self-check: the model's verdicts on the object claims of its own descriptions
+    rows = [(i, m) for i, t in enumerate(texts) for m in dict.fromkeys(toy_mentions(t))]
+    probs = yes_no_probs(model, processor, images, [existence_question(m) for _, m in rows], [i for i, _ in rows], fcfg)
+    right = sum((py > pn) == (m in scenes[i].shapes) for (py, pn), (i, m) in zip(probs, rows))
+    metrics["self_check_accuracy"] = right / len(rows) if rows else 0.0
+    metrics["n_self_check"] = len(rows)
+    metrics["texts"] = texts
+    return metrics

@@ -1,0 +1,117 @@
+"""Deconfounded candidate sampling (RLAIF-V, Sec. 3.1).
+
+For each (image, instruction) prompt, N responses come from the *same* policy with the *same*
+decoding settings; only the random stream differs. Pairs built from them then differ in
+trustworthiness, not in style. Each candidate gets its own seed, derived from (seed, prompt id,
+index), and its own random generator, so a candidate's text does not depend on which other
+candidates share its ``generate`` batch: the same seed gives the same candidates at any batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .errors import ConfigError
+from .images import load_image
+from .models import chat_prompt, tokenizer_of
+from .records import Candidate, Prompt
+
+__all__ = ["SamplingConfig", "candidate_seed", "SeededSampler", "generate_texts", "sample_candidates"]
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings shared by every candidate.
+
+    Args:
+        n (int, defaults to 10): candidates per prompt (the official pipeline samples 10).
+        temperature (float, defaults to 0.7): softmax temperature (official setting).
+        top_p (float, defaults to 1.0): nucleus threshold; 1.0 leaves it off.
+        max_new_tokens (int, defaults to 64): cap on response length in tokens (official: 512).
+        batch_size (int, defaults to 64): rows (prompt x candidate) per ``generate`` call.
+        seed (int, defaults to 0): base seed; candidate k of prompt p uses ``candidate_seed(seed, p, k)``.
+    """
+
+    n: int = 10
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"n (candidates per prompt) must be >= 1, got {self.n}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("max_new_tokens and batch_size must be >= 1")
+
+
+def candidate_seed(seed: int, prompt_id: str, index: int) -> int:
+    """The seed of one candidate: a stable hash of (seed, prompt id, index)."""
+    digest = hashlib.sha256(f"{seed}/{prompt_id}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class SeededSampler(LogitsProcessor):
+    """Samples each row from its own ``torch.Generator``; greedy decoding then keeps that token."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
+            probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
+        out = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            tok = torch.multinomial(probs[row].cpu(), 1, generator=gen)
+            out[row, tok.to(scores.device)] = 0.0
+        return out
+
+
+def generate_texts(model: Any, processor: Any, images: list, instructions: list[str], seeds: list[int], cfg: SamplingConfig) -> list[str]:
+    """One sampled response per (image, instruction, seed) row, in a single ``generate`` call."""
+    texts = [chat_prompt(processor, ins) for ins in instructions]
+    inputs = processor(images=[load_image(im) for im in images], text=texts, return_tensors="pt", padding=True, padding_side="left")
+    inputs = inputs.to(model.device)
+    tok = tokenizer_of(processor)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=cfg.max_new_tokens,
+            logits_processor=LogitsProcessorList([SeededSampler(seeds, cfg.temperature, cfg.top_p)]),
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def sample_candidates(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
+    """N deconfounded candidates per prompt, batched over prompts x candidates."""
+    cfg = cfg or SamplingConfig()
+    rows = [(p, k) for p in prompts for k in range(cfg.n)]
+    out: list[Candidate] = []
+    bar = tqdm(total=len(rows), desc="sampling candidates", disable=not progress, unit="resp")
+    for start in range(0, len(rows), cfg.batch_size):
+        chunk = rows[start : start + cfg.batch_size]
+        seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
+        texts = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, cfg)
+        out += [Candidate(prompt_id=p.id, seed=s, text=t, index=k) for (p, k), s, t in zip(chunk, seeds, texts)]
+        bar.update(len(chunk))
+    bar.close()
+    return out
