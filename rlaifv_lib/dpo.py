@@ -1,0 +1,472 @@
+"""QLoRA DPO on the preference pairs, around TRL's ``DPOTrainer`` (RLAIF-V, Sec. 3.3 "Iterative
+Alignment" with the DPO objective of Rafailov et al. 2023).
+
+The policy's base weights are loaded in 4-bit NF4 (bitsandbytes, double quantisation), LoRA
+adapters (PEFT) are added to every linear layer of the *language model* decoder — not the vision
+tower, not the projector — and trained with the sigmoid DPO loss
+``-log sigma(beta * [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])``,
+beta = 0.1 as in the official code. The reference policy is the same base with the adapters
+switched off, which TRL does when it is given ``peft_config`` and no ``ref_model``.
+
+Each RLAIF-V round starts from a *plain* model: after training, :func:`merge_adapters` folds the
+adapters into a full-precision copy of the base (merging into the 4-bit weights would re-quantise
+them and move the model), and the next round loads that merged model, quantised again.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+
+from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
+from .images import load_image
+from .models import TOY_LABELER, TOY_POLICY
+from .records import PreferencePair, write_json
+
+__all__ = [
+    "DPOSettings",
+    "DPOResult",
+    "FALLBACK_MESSAGE",
+    "bnb_available",
+    "to_trl_dataset",
+    "language_model_linear_layers",
+    "count_parameters",
+    "estimate_memory",
+    "build_dpo_trainer",
+    "train_dpo",
+    "merge_adapters",
+]
+
+TRL_COLUMNS = ("images", "prompt", "chosen", "rejected")
+FALLBACK_MESSAGE = (
+    "bitsandbytes cannot run 4-bit NF4 here, so DPO falls back to full-precision LoRA (same adapters, "
+    "same loss, more memory). Install a bitsandbytes build for this device to train in 4-bit, or set "
+    "DPOSettings(load_in_4bit=False) to silence this message."
+)
+_TOY_NAMES = {"toy-policy": TOY_POLICY, "toy-labeler": TOY_LABELER}
+_NOT_LANGUAGE = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "connector", "lm_head")
+
+
+@dataclass
+class DPOSettings:
+    """Settings of one QLoRA DPO run (defaults sized for the toy world on a laptop CPU).
+
+    Args:
+        beta (float, defaults to 0.1): DPO temperature; strength of the pull towards the reference (official 0.1).
+        learning_rate (float, defaults to 3e-4): AdamW learning rate of the LoRA weights (official LoRA run: 1e-5
+            on a 7B model; a 0.8M-parameter toy needs a far larger step).
+        epochs (float, defaults to 2.0): passes over the pairs (official: 4 per round).
+        max_steps (int, defaults to -1): if > 0, stop after this many optimiser steps (overrides ``epochs``).
+        batch_size (int, defaults to 8): pairs per device step (each pair is two sequences).
+        grad_accum (int, defaults to 1): gradient accumulation steps.
+        lora_r (int, defaults to 16): LoRA rank (official LoRA run: 64).
+        lora_alpha (int, defaults to 16): LoRA scaling numerator, scale = alpha / r (official: 16).
+        lora_dropout (float, defaults to 0.05): dropout on the LoRA input (official 0.05); TRL turns every
+            dropout off while ``disable_dropout`` is True.
+        target_modules (list[str] | str | None, defaults to None): module names (or a regex) that get adapters;
+            None means every linear layer of the language-model decoder (see ``language_model_linear_layers``).
+        load_in_4bit (bool, defaults to True): quantise the base to 4-bit NF4; falls back to full precision with
+            a message when bitsandbytes cannot run.
+        require_4bit (bool, defaults to False): raise ``QuantizationUnavailableError`` instead of falling back.
+        double_quant (bool, defaults to True): quantise the quantisation constants too (QLoRA).
+        seed (int, defaults to 0): seed of the adapters' initialisation and of the data order.
+        max_length (int | None, defaults to 512): truncate prompt+response sequences to this many tokens.
+        logging_steps (int, defaults to 5): optimiser steps between two entries of the log history.
+        lr_scheduler_type (str, defaults to "cosine"): learning-rate schedule (official: cosine).
+        warmup_ratio (float, defaults to 0.05): share of the steps used for warm-up (official 0.05).
+        gradient_checkpointing (bool, defaults to False): recompute activations (saves memory on real models).
+        fp32_adapters (bool | None, defaults to None): keep LoRA weights in float32 on a 4-bit base; None means
+            yes on CPU, no on GPU (TRL casts them to bf16, where AdamW steps below ~1e-3 round away).
+        disable_dropout (bool, defaults to True): TRL's default; makes policy and reference deterministic.
+        progress (bool, defaults to True): show the trainer's tqdm bar.
+    """
+
+    beta: float = 0.1
+    learning_rate: float = 3e-4
+    epochs: float = 2.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str | None = None
+    load_in_4bit: bool = True
+    require_4bit: bool = False
+    double_quant: bool = True
+    seed: int = 0
+    max_length: int | None = 512
+    logging_steps: int = 5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    gradient_checkpointing: bool = False
+    fp32_adapters: bool | None = None
+    disable_dropout: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be > 0 (official 0.1), got {self.beta}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("set epochs > 0 or max_steps > 0, otherwise nothing is trained")
+        for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"max_length must be None or >= 8, got {self.max_length}")
+        if self.require_4bit and not self.load_in_4bit:
+            raise ConfigError("require_4bit=True needs load_in_4bit=True")
+
+
+@dataclass
+class DPOResult:
+    """What a DPO run produced: adapters on disk, the trainer's log history and the size report."""
+
+    output_dir: Path
+    adapter_dir: Path
+    log_history: list[dict]
+    quantized: bool
+    trainable_params: int
+    total_params: int
+    memory: dict[str, float]
+    train_runtime_s: float
+    settings: dict = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)  # the trained PeftModel (in memory only)
+
+    def summary(self) -> dict:
+        """A JSON-ready dict of everything but the model."""
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "model"}
+        d["output_dir"], d["adapter_dir"] = str(self.output_dir), str(self.adapter_dir)
+        return d
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_bnb() -> bool:
+    """Whether bitsandbytes imports and runs a 4-bit NF4 matmul on this machine's training device."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.linspace(-1, 1, 64 * 64, device=device).reshape(64, 64)  # no torch.randn: leave the RNG alone
+        x = torch.linspace(-1, 1, 2 * 64, device=device).reshape(2, 64)
+        q, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        y = bnb.matmul_4bit(x, q.t(), quant_state=state)
+        return bool(torch.isfinite(y).all()) and tuple(y.shape) == (2, 64)
+    except Exception:  # any import error or missing kernel means "cannot run"
+        return False
+
+
+def bnb_available() -> bool:
+    """True when bitsandbytes can quantise to 4-bit NF4 and multiply here (probed once, then cached)."""
+    return _probe_bnb()
+
+
+def to_trl_dataset(pairs: Sequence[PreferencePair]) -> Dataset:
+    """Pairs -> a ``datasets.Dataset`` in TRL's conversational vision preference format.
+
+    Columns ``images`` (one PIL image), ``prompt``, ``chosen``, ``rejected`` plus ``prompt_id`` and ``margin``.
+    """
+    rows = []
+    for p in pairs:
+        if p.image is None or not p.instruction:
+            raise DatasetSchemaError(
+                f"pair of prompt {p.prompt_id!r} has no image or no instruction; DPO needs both. Build pairs with "
+                "`image` (a PIL image or a path) and `instruction` set."
+            )
+        rows.append({
+            "images": [load_image(p.image)],
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.instruction}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
+            "prompt_id": p.prompt_id,
+            "margin": float(p.margin),
+        })  # fmt: skip
+    return Dataset.from_list(rows)
+
+
+def _as_dataset(pairs: Dataset | Sequence[PreferencePair]) -> Dataset:
+    """The pairs as a Dataset holding exactly TRL's four columns; NoPairsError when there are none."""
+    if len(pairs) == 0:
+        raise NoPairsError(
+            "no preference pairs to train on: every prompt's candidates tied (same score) or had no claims. "
+            "Sample more candidates per prompt (SamplingConfig.n), use more prompts, or raise the temperature "
+            "so that candidates differ."
+        )
+    ds = pairs if isinstance(pairs, Dataset) else to_trl_dataset(list(pairs))
+    missing = [c for c in TRL_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise DatasetSchemaError(
+            f"the pair dataset lacks column(s) {missing}; TRL's vision preference format needs {list(TRL_COLUMNS)}. "
+            "Build it with rlaifv_lib.dpo.to_trl_dataset (or pairs.py)."
+        )
+    return ds.select_columns(list(TRL_COLUMNS))
+
+
+def language_model_linear_layers(model: torch.nn.Module) -> list[str]:
+    """Full names of the linear layers of the language-model decoder (not vision tower, projector, lm_head)."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in _NOT_LANGUAGE):
+            out.append(name)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights count as two parameters per byte."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2 * p.element_size()  # two 4-bit values per byte of storage
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def estimate_memory(total_params: int, trainable_params: int, load_in_4bit: bool = True, weight_bytes: float = 2.0) -> dict[str, float]:
+    """Rough training memory in GiB: frozen weights + LoRA weights, gradients and AdamW states (no activations).
+
+    Args:
+        total_params: parameters of the whole model (base + adapters).
+        trainable_params: LoRA parameters.
+        load_in_4bit: base weights at ~0.52 byte/param (NF4 + double-quantised constants) instead of ``weight_bytes``.
+        weight_bytes: bytes per unquantised base weight (2 for bf16, 4 for fp32).
+
+    Example: ``estimate_memory(7_000_000_000, 40_000_000)["total_gib"]`` is about 4 GiB.
+    """
+    gib = 1024**3
+    base = (total_params - trainable_params) * (0.516 if load_in_4bit else weight_bytes)
+    adapters = trainable_params * 4.0  # fp32 (TRL keeps them bf16 on a 4-bit base: a slight overestimate)
+    grads = trainable_params * 4.0
+    adam = trainable_params * 8.0  # two fp32 moments
+    parts = {"base_weights_gib": base / gib, "adapter_weights_gib": adapters / gib, "gradients_gib": grads / gib, "optimizer_gib": adam / gib}
+    parts["total_gib"] = sum(parts.values())
+    return parts
+
+
+def _device_setup() -> tuple[bool, torch.dtype]:
+    """(use_gpu, compute dtype): bf16 on a GPU that has it, float32 on CPU."""
+    if torch.cuda.is_available():
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return False, torch.float32
+
+
+def _resolve(path: str | os.PathLike) -> str | os.PathLike:
+    return _TOY_NAMES.get(str(path), path)
+
+
+def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, settings: DPOSettings) -> PreTrainedModel:
+    """The base model to adapt: 4-bit NF4 from disk, or a full-precision (copied) model."""
+    use_gpu, dtype = _device_setup()
+    if isinstance(source, torch.nn.Module) and not quantize:
+        return copy.deepcopy(source)  # get_peft_model edits modules in place: keep the caller's model clean
+    if isinstance(source, torch.nn.Module):  # quantisation happens while loading, so round-trip through disk
+        with tempfile.TemporaryDirectory(prefix="rlaifv-base-") as tmp:
+            source.save_pretrained(tmp)
+            base = _load_base(tmp, quantize, settings)
+        base.config._name_or_path = source.config._name_or_path  # not the deleted temporary folder
+        return base
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=settings.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        if use_gpu:
+            kwargs["device_map"] = {"": 0}
+    try:
+        return AutoModelForImageTextToText.from_pretrained(_resolve(source), **kwargs)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot load the DPO base model {source!r}: {e}. Give a folder with config.json and *.safetensors "
+            "(e.g. the merged model of the previous round) or a toy name."
+        ) from None
+
+
+def _lora_config(model: PreTrainedModel, settings: DPOSettings) -> Any:
+    """A PEFT LoraConfig for the decoder's linear layers (or ``settings.target_modules``)."""
+    from peft import LoraConfig
+
+    targets = settings.target_modules or language_model_linear_layers(model)
+    if not targets:
+        raise ConfigError(
+            f"found no linear layer in the language model of {type(model).__name__}; set "
+            "DPOSettings(target_modules=[...]) to the names of the layers that should get adapters."
+        )
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
+    """TRL DPOConfig: sigmoid loss, no hub, no reporting, no automatic checkpoints."""
+    from trl import DPOConfig
+
+    use_gpu, dtype = _device_setup()
+    return DPOConfig(
+        output_dir=str(output_dir),
+        beta=settings.beta,
+        loss_type=["sigmoid"],
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        max_length=settings.max_length,
+        logging_steps=settings.logging_steps,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        disable_dropout=settings.disable_dropout,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=use_gpu and dtype == torch.bfloat16,
+        fp16=False,
+        use_cpu=not use_gpu,
+        report_to="none",
+        push_to_hub=False,
+        save_strategy="no",
+        disable_tqdm=not settings.progress,
+        dataloader_num_workers=0,
+    )
+
+
+def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs: Dataset | Sequence[PreferencePair], settings: DPOSettings | None = None, output_dir: str | os.PathLike = "dpo_out") -> Any:
+    """A ready TRL ``DPOTrainer``: 4-bit (or fallback) base + LoRA via ``peft_config``, reference = adapters off."""
+    from trl import DPOTrainer
+
+    settings = settings or DPOSettings()
+    dataset = _as_dataset(pairs)
+    quantize = settings.load_in_4bit
+    if quantize and not bnb_available():
+        if settings.require_4bit:
+            raise QuantizationUnavailableError(
+                "4-bit NF4 training was required (require_4bit=True) but bitsandbytes cannot run on this device. "
+                "Install a bitsandbytes build that supports it, or set require_4bit=False to allow full-precision LoRA."
+            )
+        warnings.warn(FALLBACK_MESSAGE, RuntimeWarning, stacklevel=2)
+        print(f"[rlaifv dpo] {FALLBACK_MESSAGE}")
+        quantize = False
+    if processor is None:
+        if isinstance(model, torch.nn.Module):
+            raise ConfigError("pass the processor when the model is an object (it cannot be loaded from a path).")
+        processor = AutoProcessor.from_pretrained(_resolve(model))
+    base = _load_base(model, quantize, settings)
+    trainer = DPOTrainer(
+        model=base,
+        ref_model=None,
+        args=_dpo_config(settings, Path(output_dir)),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=_lora_config(base, settings),
+    )
+    use_gpu, _ = _device_setup()
+    if quantize and (settings.fp32_adapters if settings.fp32_adapters is not None else not use_gpu):
+        for p in trainer.model.parameters():  # undo TRL's bf16 cast (the optimiser is built later, in train())
+            if p.requires_grad:
+                p.data = p.data.float()
+    return trainer
+
+
+def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs: Dataset | Sequence[PreferencePair], settings: DPOSettings | None = None, output_dir: str | os.PathLike = "dpo_out") -> DPOResult:
+    """Train LoRA adapters with DPO on ``pairs``; save them and ``dpo_log.json`` under ``output_dir``.
+
+    Args:
+        model: a path, toy name or model object for the policy at the start of this round (a plain model:
+            merge the previous round's adapters first with :func:`merge_adapters`).
+        processor: its processor (loaded from ``model`` when None and ``model`` is a path).
+        pairs: a TRL-format ``datasets.Dataset`` or a list of ``PreferencePair`` with image and instruction.
+        settings: a ``DPOSettings``; defaults when None.
+        output_dir: folder for ``adapter/`` and ``dpo_log.json``.
+    """
+    settings = settings or DPOSettings()
+    output_dir = Path(output_dir)
+    trainer = build_dpo_trainer(model, processor, pairs, settings, output_dir)
+    start = time.perf_counter()
+    trainer.train()
+    runtime = time.perf_counter() - start
+    peft_model = trainer.model.eval()
+    quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
+    adapter_dir = output_dir / "adapter"
+    peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+    trainer.processing_class.save_pretrained(str(adapter_dir))
+    trainable, total = count_parameters(peft_model)
+    memory = estimate_memory(total, trainable, load_in_4bit=quantized, weight_bytes=4.0)
+    memory["measured_weights_gib"] = peft_model.get_memory_footprint() / 1024**3
+    result = DPOResult(
+        output_dir=output_dir,
+        adapter_dir=adapter_dir,
+        log_history=list(trainer.state.log_history),
+        quantized=quantized,
+        trainable_params=trainable,
+        total_params=total,
+        memory=memory,
+        train_runtime_s=runtime,
+        settings=asdict(settings),
+        model=peft_model,
+    )
+    write_json(output_dir / "dpo_log.json", result.summary())
+    return result
+
+
+def _load_processor(adapter_dir: str | os.PathLike, base_path: str | os.PathLike) -> Any:
+    """The processor saved next to the adapters, else the base model's."""
+    try:
+        return AutoProcessor.from_pretrained(str(adapter_dir))
+    except (OSError, ValueError):
+        return AutoProcessor.from_pretrained(_resolve(base_path))
+
+
+def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Fold LoRA adapters into a full-precision copy of the base and save a plain model + processor.
+
+    The base is loaded in float32 (never 4-bit: merging into quantised weights re-quantises them and changes
+    the model), so the next round can start from ``out_dir`` with a fresh ``peft_config``.
+    """
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    try:
+        base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
+        processor = _load_processor(adapter_dir, base_path)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"cannot merge adapters {adapter_dir!s} into base {base_path!s}: {e}. Check that the adapters were "
+            "trained on this base (same architecture and sizes)."
+        ) from None
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp))
+    processor.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)  # a half-written merge is never taken for a finished one
+    return out_dir

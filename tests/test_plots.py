@@ -1,0 +1,90 @@
+"""Figures: each builder returns a Figure with the expected panels and saves to disk (Agg backend)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from rlaifv_lib import plots  # noqa: E402
+from rlaifv_lib.breakdowns import breakdown_all  # noqa: E402
+from rlaifv_lib.toyworld.grammar import describe  # noqa: E402
+from rlaifv_lib.toyworld.render import render_scene  # noqa: E402
+from rlaifv_lib.toyworld.scenes import evaluation_scenes  # noqa: E402
+
+BEFORE = {"chair_i": 0.3, "chair_s": 0.6, "coverage": 0.8, "labeler_accuracy": 0.85, "texts": ["x"]}
+AFTER = {"chair_i": 0.1, "chair_s": 0.25, "coverage": 0.78, "labeler_accuracy": 0.88}
+
+
+def _bar_heights(ax) -> list[float]:
+    return [p.get_height() for p in ax.patches]
+
+
+def test_before_after_bars():
+    fig = plots.before_after_bars(BEFORE, AFTER)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["chair_i", "chair_s", "coverage", "labeler_accuracy"]
+    assert _bar_heights(ax) == pytest.approx([0.3, 0.6, 0.8, 0.85, 0.1, 0.25, 0.78, 0.88])
+    # keys=None: every numeric key present in both ("texts" is skipped)
+    assert len(plots.before_after_bars(BEFORE, AFTER, keys=None).axes[0].patches) == 8
+
+
+def test_metrics_per_round():
+    history = [BEFORE, AFTER, {"chair_i": 0.05, "chair_s": 0.1, "coverage": 0.77}]
+    ax = plots.metrics_per_round(history).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"chair_i", "chair_s", "coverage", "labeler_accuracy"}
+    assert list(lines["chair_i"].get_xdata()) == [0, 1, 2]
+    assert list(lines["labeler_accuracy"].get_xdata()) == [0, 1]  # missing in round 2
+
+
+def test_breakdown_bars():
+    scenes = evaluation_scenes(6)
+    texts = [describe(s) + " there is a small red ring at the top ." for s in scenes]
+    fig = plots.breakdown_bars(breakdown_all(texts, scenes))
+    assert len(fig.axes) == 4
+
+
+def test_pope_bars():
+    m = {"accuracy": 0.8, "precision": 0.7, "recall": 0.9, "f1": 0.79, "yes_ratio": 0.6}
+    res = {s: {"text": m, "logits": m} for s in ("random", "popular", "adversarial")}
+    fig = plots.pope_bars(res)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].patches) == 3 * 5  # 3 settings x 5 metrics
+
+
+def test_histograms():
+    fig = plots.margin_histogram([1, 1, 2, 3, 1], bins=3)
+    assert sum(_bar_heights(fig.axes[0])) == 5
+    fig = plots.length_histogram([10, 12, 14], [11, 20], bins=4)
+    ax = fig.axes[0]
+    assert sum(_bar_heights(ax)) == 5
+    assert "mean 12.0" in ax.get_legend().get_texts()[0].get_text()
+    assert isinstance(plots.length_histogram([], []), Figure)
+
+
+def test_dpo_curves():
+    log = [
+        {"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.5, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "step": 1},
+        {"loss": 0.5, "rewards/margins": 0.4, "rewards/accuracies": 0.8, "rewards/chosen": 0.1, "rewards/rejected": -0.3, "step": 2},
+        {"train_runtime": 3.0, "train_loss": 0.6, "step": 2},  # TRL's final summary entry has no 'loss'
+    ]
+    fig = plots.dpo_curves(log)
+    assert len(fig.axes) == 3
+    loss = fig.axes[0].get_lines()[0]
+    assert list(loss.get_xdata()) == [1, 2] and list(loss.get_ydata()) == [0.69, 0.5]
+    assert len(fig.axes[1].get_lines()) == 2 and len(fig.axes[2].get_lines()) == 2
+
+
+def test_scene_grid_and_save(tmp_path):
+    scenes = evaluation_scenes(5)
+    fig = plots.scene_grid([render_scene(s) for s in scenes], [describe(s) for s in scenes], ncols=3)
+    assert len(fig.axes) == 6 and len(fig.axes[0].images) == 1 and not fig.axes[5].images
+    out = plots.save_figure(fig, tmp_path / "sub" / "grid.png")
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError):
+        plots.scene_grid([render_scene(scenes[0])], ["a", "b"])
