@@ -1,25 +1,231 @@
-"""Load a policy or labeler and build its chat prompts.
+"""Load a policy, labeler or claim decomposer and build its chat prompts (RLAIF-V, Sec. 3 and 4.1).
 
-The toy policy and labeler live under ``data/toy/``; any Hugging Face image-text-to-text model
-id or local path goes through ``AutoModelForImageTextToText`` + ``AutoProcessor``.
+The toy policy and labeler live under ``data/toy/``; any Hugging Face image-text-to-text model id or
+local path goes through ``AutoModelForImageTextToText`` + ``AutoProcessor``, with the options of
+:class:`LoadOptions` (4-bit NF4, device map, image-size cap). :data:`PRESETS` names the real models
+worth trying — LLaVA-1.5-7B (the paper's policy), Qwen2.5-VL and SmolVLM (Idefics3) — with their LoRA
+targets, DPO settings, labeler question suffix and a memory hint, plus the instruction-tuned LLMs that
+:class:`rlaifv_lib.claims.LLMDecomposer` can prompt. :func:`estimate_memory` sizes a DPO run from a
+preset's architecture without downloading anything.
+
+The image-size cap (``LoadOptions.max_pixels``) maps onto each family's processor:
+Qwen2-VL / Qwen2.5-VL resize so that ``height x width <= max_pixels`` (``size["longest_edge"]``, which
+these processors count in pixels); Idefics3 / SmolVLM resize the longest side to
+``sqrt(max_pixels)`` rounded down to whole tiles (``size={"longest_edge": ...}``); LLaVA-1.5 always
+sees 336x336, so there the cap only bounds what ``images.load_image`` hands over.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from .errors import ChatTemplateError, ModelLoadError
+from .errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError
 
-__all__ = ["DATA_DIR", "TOY_POLICY", "TOY_LABELER", "load_model", "chat_prompt", "tokenizer_of"]
+__all__ = [
+    "DATA_DIR",
+    "TOY_POLICY",
+    "TOY_LABELER",
+    "LANGUAGE_LORA_TARGETS",
+    "YES_NO_SUFFIX",
+    "LoadOptions",
+    "ModelPreset",
+    "PRESETS",
+    "get_preset",
+    "resolve_model",
+    "load_model",
+    "load_causal_lm",
+    "set_max_pixels",
+    "image_only_processor",
+    "lora_parameter_count",
+    "image_tokens",
+    "estimate_memory",
+    "chat_prompt",
+    "tokenizer_of",
+]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TOY_POLICY = DATA_DIR / "toy" / "policy"
 TOY_LABELER = DATA_DIR / "toy" / "labeler"
 _TOY_NAMES = {"toy-policy": TOY_POLICY, "toy-labeler": TOY_LABELER}
+YES_NO_SUFFIX = " Please answer yes or no."
+# attention and MLP projections of the language-model decoder only (never the vision tower, which
+# uses the same q_proj/k_proj/v_proj names in CLIP and SigLIP, nor the projector or lm_head)
+LANGUAGE_LORA_TARGETS = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class LoadOptions:
+    """How to load a model.
+
+    Args:
+        load_in_4bit (bool, defaults to False): quantise the weights to 4-bit NF4 while loading (bitsandbytes,
+            double quantisation, compute dtype ``dtype``); raises ``QuantizationUnavailableError`` where
+            bitsandbytes cannot run.
+        double_quant (bool, defaults to True): also quantise the quantisation constants (QLoRA).
+        dtype (torch.dtype | str | None, defaults to None): weight (or 4-bit compute) dtype; None means bfloat16
+            on a GPU that has it, float16 on other GPUs, float32 on CPU and for the toy models.
+        device_map (str | dict | None, defaults to None): passed to ``from_pretrained`` ("auto" spreads a big model
+            over the GPUs); None keeps the model on CPU, except 4-bit on a GPU, which goes to GPU 0.
+        max_pixels (int | None, defaults to None): cap on height x width of the images the processor makes
+            (see the module docstring for what each family does with it); None keeps the processor's own.
+        trust_remote_code (bool, defaults to False): run modelling code shipped with the checkpoint (off: only
+            architectures that transformers itself implements load).
+    """
+
+    load_in_4bit: bool = False
+    double_quant: bool = True
+    dtype: torch.dtype | str | None = None
+    device_map: str | dict | None = None
+    max_pixels: int | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels < 28 * 28:
+            raise ConfigError(f"max_pixels must be None or >= 784 (one 28x28 image), got {self.max_pixels}")
+        if isinstance(self.dtype, str):
+            if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+                raise ConfigError(f"dtype {self.dtype!r} is not a torch dtype (use e.g. 'bfloat16', 'float32')")
+            self.dtype = getattr(torch, self.dtype)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model with the settings this tutorial recommends for it.
+
+    Args:
+        name (str): the preset's name, e.g. "llava-1.5-7b".
+        model_id (str): Hugging Face id, or a local folder for the toy models.
+        role (str): "policy" (an image-text-to-text model, also usable as labeler) or "decomposer" (a chat LLM).
+        family (str): "toy", "llava", "qwen2_5_vl", "idefics3" or "causal_lm".
+        lora_target_modules (str | None, defaults to LANGUAGE_LORA_TARGETS): regex of the layers that get LoRA
+            adapters; None lets ``rlaifv_lib.dpo`` pick every decoder linear layer.
+        dpo_beta (float, defaults to 0.1): DPO beta (official 0.1).
+        dpo_learning_rate (float, defaults to 1e-5): LoRA learning rate (official LoRA run on a 7B model).
+        lora_r (int, defaults to 64): LoRA rank (official LoRA run).
+        lora_alpha (int, defaults to 16): LoRA alpha (official LoRA run).
+        question_suffix (str, defaults to YES_NO_SUFFIX): appended to every labeler question.
+        max_pixels (int | None, defaults to None): recommended image-size cap for ``LoadOptions``.
+        memory_hint (str, defaults to ""): parameters and rough GPU memory, for people choosing a preset.
+        arch (dict, defaults to {}): config.json fields (``model_type`` + sub-configs) from which
+            :func:`estimate_memory` rebuilds the architecture offline.
+    """
+
+    name: str
+    model_id: str
+    role: str
+    family: str
+    lora_target_modules: str | None = LANGUAGE_LORA_TARGETS
+    dpo_beta: float = 0.1
+    dpo_learning_rate: float = 1e-5
+    lora_r: int = 64
+    lora_alpha: int = 16
+    question_suffix: str = YES_NO_SUFFIX
+    max_pixels: int | None = None
+    memory_hint: str = ""
+    arch: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ("policy", "decomposer"):
+            raise ConfigError(f"preset role must be 'policy' or 'decomposer', got {self.role!r}")
+
+    def load_options(self, **overrides: Any) -> LoadOptions:
+        """``LoadOptions`` with this preset's image cap, updated with ``overrides``."""
+        return LoadOptions(**{"max_pixels": self.max_pixels, **overrides})
+
+    def dpo_settings(self, **overrides: Any) -> Any:
+        """``rlaifv_lib.dpo.DPOSettings`` with this preset's beta, learning rate and LoRA shape."""
+        from .dpo import DPOSettings
+
+        base = dict(beta=self.dpo_beta, learning_rate=self.dpo_learning_rate, lora_r=self.lora_r, lora_alpha=self.lora_alpha, target_modules=self.lora_target_modules)
+        return DPOSettings(**{**base, **overrides})
+
+    def feedback_config(self, **overrides: Any) -> Any:
+        """``rlaifv_lib.feedback.FeedbackConfig`` with this preset's question suffix."""
+        from .feedback import FeedbackConfig
+
+        return FeedbackConfig(**{"question_suffix": self.question_suffix, **overrides})
+
+
+def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, **kw: Any) -> dict:
+    return dict(model_type="llama", hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, **kw)
+
+
+def _qwen_vl(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, tie: bool) -> dict:
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+    text = dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tie, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    return dict(model_type="qwen2_5_vl", vision_config=vision, text_config=text, tie_word_embeddings=tie)
+
+
+_PRESET_LIST = [
+    ModelPreset("toy-policy", str(TOY_POLICY), "policy", "toy", None, dpo_learning_rate=3e-4, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="0.8M params; any CPU"),
+    ModelPreset("toy-labeler", str(TOY_LABELER), "policy", "toy", None, dpo_learning_rate=3e-4, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="toy size; any CPU"),
+    ModelPreset(
+        "llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "policy", "llava",
+        memory_hint="7.1B params; weights ~13 GiB in bf16, ~3.5 GiB in 4-bit; QLoRA DPO ~7 GiB at batch 1 (+CUDA overhead)",
+        arch=dict(
+            model_type="llava", image_token_index=32000, image_seq_length=576, vision_feature_layer=-2,
+            vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+            text_config=_llama(4096, 11008, 32, 32, 32, 32064),
+        ),
+    ),  # fmt: skip
+    ModelPreset(
+        "qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "policy", "qwen2_5_vl", max_pixels=448 * 448,
+        memory_hint="3.8B params; weights ~7 GiB in bf16, ~2 GiB in 4-bit; QLoRA DPO ~5 GiB at 448x448, batch 1",
+        arch=_qwen_vl(2048, 11008, 36, 16, 2, 151936, True),
+    ),  # fmt: skip
+    ModelPreset(
+        "qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "policy", "qwen2_5_vl", max_pixels=448 * 448,
+        memory_hint="8.3B params; weights ~15.5 GiB in bf16, ~4 GiB in 4-bit; QLoRA DPO ~8 GiB at 448x448, batch 1",
+        arch=_qwen_vl(3584, 18944, 28, 28, 4, 152064, False),
+    ),  # fmt: skip
+    ModelPreset(
+        "smolvlm", "HuggingFaceTB/SmolVLM-Instruct", "policy", "idefics3", max_pixels=768 * 768,
+        memory_hint="2.2B params; weights ~4.2 GiB in bf16, ~1.1 GiB in 4-bit; QLoRA DPO ~3 GiB at 448x448, batch 1",
+        arch=dict(
+            model_type="idefics3", scale_factor=3, image_token_id=49190,
+            vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384, patch_size=14),
+            text_config=_llama(2048, 8192, 24, 32, 32, 49155),
+        ),
+    ),  # fmt: skip
+    ModelPreset(
+        "smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "policy", "idefics3", max_pixels=512 * 512,
+        memory_hint="0.26B params; weights ~0.5 GiB in bf16; QLoRA DPO ~0.7 GiB; runs (slowly) on CPU",
+        arch=dict(
+            model_type="idefics3", scale_factor=4, image_token_id=49190,
+            vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16),
+            text_config=_llama(576, 1536, 30, 9, 3, 49280),
+        ),
+    ),  # fmt: skip
+    ModelPreset("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "decomposer", "causal_lm", None, memory_hint="1.5B params; ~3 GiB in bf16; CPU possible"),
+    ModelPreset("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", "decomposer", "causal_lm", None, memory_hint="7.6B params; ~15 GiB in bf16, ~5.5 GiB in 4-bit"),
+    ModelPreset("llama-3-8b-instruct", "meta-llama/Meta-Llama-3-8B-Instruct", "decomposer", "causal_lm", None, memory_hint="8.0B params (the paper's decomposer); ~16 GiB in bf16, ~6 GiB in 4-bit; gated on the hub"),
+]
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in _PRESET_LIST}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``; ``ConfigError`` listing the known ones otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"no preset called {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str | Path:
+    """A preset name -> its model id or folder; anything else is returned as given."""
+    preset = PRESETS.get(str(name_or_path))
+    if preset is None:
+        return name_or_path
+    return Path(preset.model_id) if preset.family == "toy" else preset.model_id
 
 
 def tokenizer_of(processor: Any) -> Any:
@@ -27,21 +233,181 @@ def tokenizer_of(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
-def load_model(name_or_path: str | Path = "toy-policy", trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load (model, processor) from a toy name, a local path or a Hugging Face id (safetensors only)."""
-    path = _TOY_NAMES.get(str(name_or_path), name_or_path)
-    try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype or torch.float32
-        )
-    except OSError as e:
+def _is_toy(name_or_path: Any) -> bool:
+    return str(name_or_path) in _TOY_NAMES or Path(str(name_or_path)).resolve() in (TOY_POLICY, TOY_LABELER)
+
+
+def _torch_dtype(options: LoadOptions, toy: bool) -> torch.dtype:
+    """The dtype of the weights (or of the 4-bit compute)."""
+    if options.dtype is not None:
+        return options.dtype
+    if torch.cuda.is_available() and not toy:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _load_kwargs(options: LoadOptions, toy: bool) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for ``options`` (quantisation config included)."""
+    dtype = _torch_dtype(options, toy)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": options.trust_remote_code, "use_safetensors": True}
+    if options.load_in_4bit:
+        from .dpo import bnb_available
+
+        if not bnb_available():
+            raise QuantizationUnavailableError(
+                "4-bit loading was requested (LoadOptions(load_in_4bit=True)) but bitsandbytes cannot run a 4-bit NF4 "
+                "matmul on this machine. Load in full precision (load_in_4bit=False), or install a bitsandbytes build "
+                "for this device (a CUDA GPU, or bitsandbytes >= 0.48 for CPU)."
+            )
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=options.double_quant, bnb_4bit_compute_dtype=dtype)
+        if options.device_map is None and torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+    if options.device_map is not None:
+        kwargs["device_map"] = options.device_map
+    return kwargs
+
+
+def _not_found(name_or_path: Any, error: Exception) -> ModelLoadError:
+    """A ModelLoadError saying where the model was looked for and what to do."""
+    text = str(name_or_path)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
+    if _is_toy(name_or_path) and not Path(resolve_model(text)).exists():
+        hint = "the toy checkpoints are missing: build them with `rlaifv pretrain-toy` (see the README)."
+    elif looks_local and not Path(text).expanduser().exists():
+        hint = f"the folder {text} does not exist; give a folder holding config.json and *.safetensors."
+    elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") in ("1", "true"):
+        hint = ("offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local cache: download it on a machine with "
+                "network (`huggingface-cli download ID`) or unset HF_HUB_OFFLINE.")  # fmt: skip
+    else:
+        hint = ("give a local folder holding config.json and *.safetensors, a preset name "
+                f"({', '.join(sorted(PRESETS))}), or a Hugging Face id reachable from here (gated models need `hf auth login`).")  # fmt: skip
+    return ModelLoadError(f"cannot load model {text!r}: {type(error).__name__}: {str(error)[:300]}. Fix: {hint}")
+
+
+def _check_image_text(config: Any, name_or_path: Any) -> None:
+    """ModelLoadError unless ``config`` is an image-text-to-text architecture."""
+    model_type = getattr(config, "model_type", "")
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and not getattr(config, "auto_map", None):
         raise ModelLoadError(
-            f"cannot load model {name_or_path!r}: {e}. Give a local folder holding config.json and "
-            "*.safetensors, a toy name (toy-policy, toy-labeler), or a Hugging Face id reachable from here."
-        ) from None
+            f"{str(name_or_path)!r} is a {model_type!r} model, not an image-text-to-text model: it cannot take "
+            "images, so it cannot be the policy or the labeler. Use an MLLM (see rlaifv_lib.models.PRESETS); a "
+            "text-only chat model can serve as claim decomposer through load_causal_lm."
+        )
+
+
+def _torchvision_missing() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def image_only_processor(processor_cls: type, image_processor: Any, tokenizer: Any, chat_template: str | None = None, **kwargs: Any) -> ProcessorMixin:
+    """A processor whose optional video processor is left out (Qwen2-VL family without torchvision).
+
+    In transformers 5.23 the Qwen-VL processors insist on a video processor, and video processors need
+    torchvision; images alone need neither, so this builds the processor with ``video_processor=None``.
+    """
+    from transformers.processing_utils import ProcessorMixin as _Mixin
+
+    proc = processor_cls.__new__(processor_cls)
+    proc.check_argument_for_proper_class = lambda name, arg: None if (name == "video_processor" and arg is None) else _Mixin.check_argument_for_proper_class(proc, name, arg)  # type: ignore[method-assign]
+    processor_cls.__init__(proc, image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
+    del proc.check_argument_for_proper_class
+    proc.get_attributes = lambda: [a for a in processor_cls.get_attributes() if a != "video_processor"]  # save/load without it
+    return proc
+
+
+def _processor_class_name(path: Path) -> str | None:
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (path / file).exists():
+            name = json.loads((path / file).read_text()).get("processor_class")
+            if name:
+                return name
+    return None
+
+
+def _load_processor(path: str | Path, options: LoadOptions) -> ProcessorMixin:
+    """``AutoProcessor``, or an image-only processor where the video half needs the missing torchvision."""
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+    except (OSError, AttributeError, ImportError, ValueError, TypeError):
+        import transformers
+
+        cls = getattr(transformers, _processor_class_name(Path(path)) or "", None) if Path(path).is_dir() else None
+        if not (_torchvision_missing() and cls is not None and "video_processor" in cls.get_attributes()):
+            raise
+    template = Path(path) / "chat_template.jinja"
+    chat_template = template.read_text() if template.exists() else None
+    return image_only_processor(cls, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), chat_template)
+
+
+def set_max_pixels(processor: Any, max_pixels: int | None) -> Any:
+    """Cap the images ``processor`` makes at about ``max_pixels`` pixels (no-op for fixed-size families)."""
+    ip = getattr(processor, "image_processor", None)
+    if max_pixels is None or ip is None:
+        return processor
+    size = dict(getattr(ip, "size", None) or {})
+    if hasattr(ip, "merge_size") and "longest_edge" in size:  # Qwen2-VL family: size counts pixels
+        size["longest_edge"] = int(max_pixels)
+        size["shortest_edge"] = min(int(size.get("shortest_edge") or 0), int(max_pixels))
+        ip.size = size
+    elif hasattr(ip, "max_image_size"):  # Idefics3 / SmolVLM: longest side, in whole tiles
+        tile = int(dict(ip.max_image_size)["longest_edge"])
+        ip.size = {"longest_edge": max(tile, int(math.sqrt(max_pixels)) // tile * tile)}
+    return processor
+
+
+def load_model(name_or_path: str | os.PathLike = "toy-policy", trust_remote_code: bool = False, dtype: torch.dtype | None = None, options: LoadOptions | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load (model, processor) from a preset name, a local path or a Hugging Face id (safetensors only).
+
+    Args:
+        name_or_path: a preset (``PRESETS``), a folder with config.json + *.safetensors, or a hub id.
+        trust_remote_code: shortcut for ``LoadOptions.trust_remote_code`` (used when ``options`` is None).
+        dtype: shortcut for ``LoadOptions.dtype`` (used when ``options`` is None).
+        options: a ``LoadOptions``; a preset's recommended ``max_pixels`` applies when it leaves it None.
+
+    Example: ``model, processor = load_model("qwen2.5-vl-3b", options=LoadOptions(load_in_4bit=True))``.
+    """
+    options = options or LoadOptions(trust_remote_code=trust_remote_code, dtype=dtype)
+    preset = PRESETS.get(str(name_or_path))
+    if preset is not None and preset.role != "policy":
+        raise ModelLoadError(f"preset {preset.name!r} is a text-only claim decomposer; load it with load_causal_lm.")
+    if preset is not None and options.max_pixels is None:
+        options = replace(options, max_pixels=preset.max_pixels)
+    path = resolve_model(name_or_path)
+    toy = _is_toy(name_or_path)
+    kwargs = _load_kwargs(options, toy)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+        _check_image_text(config, name_or_path)
+        processor = _load_processor(path, options)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise _not_found(name_or_path, e) from None
     model.eval()
-    return model, processor
+    return model, set_max_pixels(processor, options.max_pixels)
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, options: LoadOptions | None = None) -> tuple[PreTrainedModel, Any]:
+    """Load (model, tokenizer) of a chat LLM for ``rlaifv_lib.claims.LLMDecomposer`` (preset or id/path)."""
+    options = options or LoadOptions()
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(options, False))
+    except OSError as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise _not_found(name_or_path, e) from None
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ChatTemplateError(f"{str(name_or_path)!r} has no chat template; the decomposer needs an instruction-tuned model.")
+    return model.eval(), tokenizer
 
 
 def chat_prompt(processor: Any, text: str, with_image: bool = True) -> str:
@@ -53,3 +419,105 @@ def chat_prompt(processor: Any, text: str, with_image: bool = True) -> str:
         )
     content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+
+
+# ---------------------------------------------------------------- memory estimates
+
+
+def _as_config(config: Any) -> Any:
+    """A transformers config from a preset, a preset name, a config dict or a config."""
+    if isinstance(config, str):
+        config = get_preset(config)
+    if isinstance(config, ModelPreset):
+        if not config.arch:
+            raise ConfigError(f"preset {config.name!r} carries no architecture to estimate from; pass its config instead.")
+        config = config.arch
+    if isinstance(config, dict):
+        d = json.loads(json.dumps(config))
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+    return config
+
+
+def _meta_model(config: Any) -> torch.nn.Module:
+    """The architecture of ``config`` on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            return AutoModelForImageTextToText.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def lora_parameter_count(model: torch.nn.Module, target_modules: str | list[str] | None = LANGUAGE_LORA_TARGETS, r: int = 64) -> int:
+    """Parameters that rank-``r`` LoRA adds to the targeted linear layers (PEFT's matching rules)."""
+    from .dpo import language_model_linear_layers
+
+    if target_modules is None:
+        names = set(language_model_linear_layers(model))
+    elif isinstance(target_modules, str):
+        names = {n for n, _ in model.named_modules() if re.fullmatch(target_modules, n)}
+    else:
+        names = {n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in target_modules)}
+    return sum(r * (m.in_features + m.out_features) for n, m in model.named_modules() if n in names and isinstance(m, torch.nn.Linear))
+
+
+def image_tokens(config: Any, height: int, width: int, max_pixels: int | None = None) -> int:
+    """Tokens one image of ``height`` x ``width`` takes in the language model of ``config``'s family."""
+    config = _as_config(config)
+    vc = getattr(config, "vision_config", None)
+    if config.model_type == "llava":
+        return (vc.image_size // vc.patch_size) ** 2
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        unit = vc.patch_size * vc.spatial_merge_size
+        scale = min(1.0, math.sqrt((max_pixels or 12845056) / (height * width)))
+        return max(1, round(height * scale / unit)) * max(1, round(width * scale / unit))
+    if config.model_type in ("idefics3", "smolvlm"):
+        per_tile = (vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2
+        side = max(vc.image_size, int(math.sqrt(max_pixels)) // vc.image_size * vc.image_size) if max_pixels else 4 * vc.image_size
+        scale = side / max(height, width)  # the longest side is resized to `side`, up or down
+        tiles = math.ceil(height * scale / vc.image_size) * math.ceil(width * scale / vc.image_size)
+        return per_tile * (tiles + (tiles > 1))  # + the downscaled global view when split
+    raise ConfigError(f"no image-token rule for model type {config.model_type!r}")
+
+
+def estimate_memory(config: Any, image_size: tuple[int, int] = (448, 448), batch_size: int = 1, text_tokens: int = 256, load_in_4bit: bool = True, lora_r: int = 64, target_modules: str | list[str] | None = LANGUAGE_LORA_TARGETS, gradient_checkpointing: bool = True, max_pixels: int | None = None) -> dict[str, float]:
+    """Rough GPU memory (GiB) of one QLoRA DPO step, from the architecture alone (nothing downloaded).
+
+    Weights, LoRA weights, gradients and AdamW states come from ``rlaifv_lib.dpo.estimate_memory`` with the
+    exact parameter counts of ``config`` (built on the meta device); activations add, per sequence (a pair
+    is two), ~34 x hidden bytes per token per decoder layer (2 x hidden with gradient checkpointing) plus
+    the fp32 logits, and the frozen vision tower's largest layer. Real runs differ by +-30%.
+
+    Args:
+        config: a preset name, a ``ModelPreset``, a config.json dict or a transformers config.
+        image_size: (height, width) of the images before the processor.
+        batch_size: pairs per step.
+        text_tokens: prompt + response tokens besides the image.
+        load_in_4bit: NF4 base weights (else bf16).
+        lora_r, target_modules: the adapters (``target_modules=None``: every decoder linear layer).
+        gradient_checkpointing: recompute decoder activations in the backward pass.
+        max_pixels: the processor's image cap (Qwen-VL, Idefics3); None uses the preset's.
+
+    Example: ``estimate_memory("llava-1.5-7b")["total_gib"]`` is about 7 GiB.
+    """
+    from .dpo import estimate_memory as weights_memory
+
+    if max_pixels is None and isinstance(config, (str, ModelPreset)):
+        max_pixels = (get_preset(config) if isinstance(config, str) else config).max_pixels
+    cfg = _as_config(config)
+    model = _meta_model(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    lora = lora_parameter_count(model, target_modules, lora_r)
+    out = weights_memory(total + lora, lora, load_in_4bit=load_in_4bit, weight_bytes=2.0)
+    text = getattr(cfg, "text_config", cfg)
+    n_img = image_tokens(cfg, *image_size, max_pixels=max_pixels)
+    seq = n_img + text_tokens
+    rows = 2 * batch_size  # chosen and rejected
+    per_token_layer = (2 if gradient_checkpointing else 34) * text.hidden_size
+    decoder = rows * seq * text.num_hidden_layers * per_token_layer + (rows * seq * 34 * text.hidden_size if gradient_checkpointing else 0)
+    logits = rows * seq * text.vocab_size * 4 * 2  # fp32 logits and their log-softmax
+    vc = getattr(cfg, "vision_config", None)
+    vision = rows * n_img * 4 * 34 * vc.hidden_size if vc is not None else 0  # one layer at a time, no grad
+    gib = 1024**3
+    out.update(activations_gib=(decoder + logits + vision) / gib, total_params=float(total), lora_params=float(lora), image_tokens=float(n_img), sequence_tokens=float(seq))
+    out["total_gib"] = out["base_weights_gib"] + out["adapter_weights_gib"] + out["gradients_gib"] + out["optimizer_gib"] + out["activations_gib"]
+    out["bf16_weights_gib"] = total * 2 / gib
+    return out

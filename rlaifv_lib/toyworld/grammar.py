@@ -21,6 +21,8 @@ __all__ = [
     "noisy_caption",
     "parse_description",
     "existence_question",
+    "where_question",
+    "where_answer",
     "attribute_question",
     "parse_question",
     "true_answer",
@@ -131,6 +133,17 @@ def attribute_question(shape: str, kind: str, value: str) -> str:
     raise ValueError(f"unknown attribute kind {kind!r}")
 
 
+def where_question(shape: str) -> str:
+    """Grounding question: where is a shape (answered with a place phrase, or 'nowhere')."""
+    return f"where is the {shape} ?"
+
+
+def where_answer(scene: Scene, shape: str) -> str:
+    """Ground-truth answer of :func:`where_question`."""
+    o = scene.find(shape)
+    return PLACE_PHRASES[o.position] if o is not None else "nowhere"
+
+
 def parse_question(question: str) -> tuple[str, str, str | None] | None:
     """(kind, shape, value) of a toy polar question, or None if it is not one."""
     words = question.replace("?", " ").split()
@@ -203,7 +216,7 @@ def _values(kind: str) -> tuple[str, ...]:
 def vocabulary() -> list[str]:
     """Every word the toy language uses (descriptions, questions, instructions, answers)."""
     words: list[str] = []
-    texts = list(INSTRUCTIONS) + list(PLACE_PHRASES.values()) + ["there is a the yes no also"]
+    texts = list(INSTRUCTIONS) + list(PLACE_PHRASES.values()) + ["there is a the yes no where nowhere"]
     texts += list(SHAPES) + list(COLOURS) + list(SIZES)
     for t in texts:
         for w in t.split():
