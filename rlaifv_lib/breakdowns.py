@@ -7,16 +7,31 @@ sentence a mention is in, by the shape named (and whether the co-occurrence prio
 present shape: its ``PARTNERS`` partner is in the scene), by the kind of claim (existence,
 colour, size, position) and by response length. All functions are pure: (texts, scenes) in,
 plain dicts and lists out, ready for ``plots.breakdown_bars`` or a table.
+
+Two helpers show *why* (notebook 00): :func:`cooccurrence_matrix` measures the co-occurrence
+prior of a set of scenes, and :func:`mark_hallucinations` brackets the absent objects a
+response names.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from .toyworld.grammar import Mention, parse_description
 from .toyworld.scenes import PARTNERS, SHAPES, Scene
 
-__all__ = ["CLAIM_KINDS", "LENGTH_EDGES", "by_position", "by_object", "by_claim_kind", "by_length", "breakdown_all"]
+__all__ = [
+    "CLAIM_KINDS",
+    "LENGTH_EDGES",
+    "by_position",
+    "by_object",
+    "by_claim_kind",
+    "by_length",
+    "breakdown_all",
+    "cooccurrence_matrix",
+    "mark_hallucinations",
+]
 
 CLAIM_KINDS: tuple[str, ...] = ("existence", "colour", "size", "position")
 LENGTH_EDGES: tuple[int, ...] = (0, 10, 20, 30, 40, 50)  # whitespace words; the last bin is open
@@ -139,3 +154,38 @@ def breakdown_all(texts: Sequence[str], scenes: Sequence[Scene], edges: Sequence
         "kind": by_claim_kind(texts, scenes),
         "length": by_length(texts, scenes, edges),
     }
+
+
+def cooccurrence_matrix(scenes: Sequence[Scene], shapes: Sequence[str] = SHAPES) -> list[list[float]]:
+    """``m[i][j]`` = share of the scenes containing ``shapes[i]`` that also contain ``shapes[j]``.
+
+    The diagonal is 1.0 for a shape that occurs; a row is all zeros for a shape that never occurs.
+    Under the pre-training prior (``sample_scenes(..., prior=True)``) the ``PARTNERS`` cells stand out.
+
+    Example: ``cooccurrence_matrix([Scene("a", [ToyObject("circle", "red", "small", 0)])])[0][0] == 1.0``.
+    """
+    sets = [scene.shapes for scene in scenes]
+    out = []
+    for a in shapes:
+        with_a = [s for s in sets if a in s]
+        out.append([_rate(sum(b in s for s in with_a), len(with_a)) for b in shapes])
+    return out
+
+
+_SHAPE_WORD = re.compile(r"(?<!\S)(" + "|".join(SHAPES) + r")(?!\S)")
+
+
+def mark_hallucinations(text: str, scene: Scene, left: str = "[", right: str = "]") -> str:
+    """The response with every hallucinated object mention wrapped, e.g. ``[square]``.
+
+    A mention is the first shape word of a sentence (as ``parse_description`` and CHAIR count
+    them); it is hallucinated when that shape is absent from ``scene``. Wrong colours, sizes or
+    positions are not marked. Example: ``"there is a red square ."`` in a scene without a square
+    becomes ``"there is a red [square] ."``.
+    """
+    parts = re.split(r"([.?])", text)
+    for k in range(0, len(parts), 2):  # even parts are sentences, odd ones their end marks
+        m = _SHAPE_WORD.search(parts[k])
+        if m is not None and m.group(1) not in scene.shapes:
+            parts[k] = parts[k][: m.start()] + left + m.group(1) + right + parts[k][m.end() :]
+    return "".join(parts)

@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 
 def _print_metrics(m: dict) -> None:
-    keys = ["chair_i", "chair_s", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy"]
+    keys = ["chair_i", "chair_s", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy", "labeler_accuracy"]
     for k in keys:
         if k in m:
             print(f"  {k:<22} {m[k]:.3f}")
@@ -67,6 +67,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rounds: list[dict], best: dict | None) -> str:
+    """The before/after table printed by ``rlaifv demo``."""
+    head = f"{'round':<10}{'CHAIR_i':>9}{'CHAIR_s':>9}{'cover':>8}{'words':>8}{'labeler':>9}{'pairs':>7}{'sec':>7}"
+    lines = [head, "-" * len(head)]
+    for k, r in enumerate(rounds):
+        name = "baseline" if k == 0 else f"round {k}"
+        lines.append(
+            f"{name:<10}{r['chair_i']:>9.3f}{r['chair_s']:>9.3f}{r['coverage']:>8.3f}{r['mean_words']:>8.1f}"
+            f"{r['labeler_accuracy']:>9.3f}{r['n_pairs']:>7d}{r['seconds']:>7.0f}"
+        )
+    if best:
+        for sel, prefix in (("best-of-%d" % best["n"], ""), ("random", "random_"), ("loglik", "loglik_")):
+            lines.append(
+                f"{sel:<10}{best[prefix + 'chair_i']:>9.3f}{best[prefix + 'chair_s']:>9.3f}"
+                f"{best[prefix + 'coverage']:>8.3f}{best[prefix + 'mean_words']:>8.1f}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
+    import torch
+
+    from .pipeline import RLAIFVConfig, RLAIFVRun
+    from .plots import before_after_bars, metrics_per_round, save_figure
+
+    torch.set_num_threads(args.threads)
+    cfg = RLAIFVConfig(seed=args.seed)
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    if args.prompts is not None:
+        cfg.prompts_per_round = args.prompts
+    t0 = time.time()
+    summary = RLAIFVRun(args.out, cfg).run()
+    rounds = summary["rounds"]
+    print(f"\nRLAIF-V on the toy world: {len(rounds) - 1} rounds, held-out scenes = {cfg.eval_scenes}")
+    print(_table(rounds, summary["best_of_n"]))
+    keys = ["chair_i", "chair_s", "coverage", "labeler_accuracy"]
+    save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
+    save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
+    print(f"\nwrote {args.out}/summary.json and plots ({time.time() - t0:.0f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rlaifv`` command."""
     p = argparse.ArgumentParser(prog="rlaifv", description="RLAIF-V on a toy visual world (and real MLLMs).")
@@ -80,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--vision-steps", type=int, default=None)
     pt.add_argument("--threads", type=int, default=2)
     pt.set_defaults(func=cmd_pretrain_toy)
+
+    de = sub.add_parser("demo", help="the k-round RLAIF-V loop on the toy world, before/after table and plots")
+    de.add_argument("--out", default="runs/demo", help="run directory (resumed if it exists)")
+    de.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    de.add_argument("--prompts", type=int, default=None, help="override prompts per round")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--threads", type=int, default=2)
+    de.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="CHAIR, coverage, yes/no and self-check accuracy on held-out scenes")
     ev.add_argument("--model", default="toy-policy", help="toy-policy, toy-labeler, or a model folder")

@@ -31,8 +31,8 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
-from .images import load_image
-from .models import TOY_LABELER, TOY_POLICY
+from .models import resolve_model
+from .pairs import to_trl_dataset
 from .records import PreferencePair, write_json
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "DPOResult",
     "FALLBACK_MESSAGE",
     "bnb_available",
-    "to_trl_dataset",
     "language_model_linear_layers",
     "count_parameters",
     "estimate_memory",
@@ -55,7 +54,6 @@ FALLBACK_MESSAGE = (
     "same loss, more memory). Install a bitsandbytes build for this device to train in 4-bit, or set "
     "DPOSettings(load_in_4bit=False) to silence this message."
 )
-_TOY_NAMES = {"toy-policy": TOY_POLICY, "toy-labeler": TOY_LABELER}
 _NOT_LANGUAGE = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "connector", "lm_head")
 
 
@@ -180,29 +178,6 @@ def bnb_available() -> bool:
     return _probe_bnb()
 
 
-def to_trl_dataset(pairs: Sequence[PreferencePair]) -> Dataset:
-    """Pairs -> a ``datasets.Dataset`` in TRL's conversational vision preference format.
-
-    Columns ``images`` (one PIL image), ``prompt``, ``chosen``, ``rejected`` plus ``prompt_id`` and ``margin``.
-    """
-    rows = []
-    for p in pairs:
-        if p.image is None or not p.instruction:
-            raise DatasetSchemaError(
-                f"pair of prompt {p.prompt_id!r} has no image or no instruction; DPO needs both. Build pairs with "
-                "`image` (a PIL image or a path) and `instruction` set."
-            )
-        rows.append({
-            "images": [load_image(p.image)],
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.instruction}]}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
-            "prompt_id": p.prompt_id,
-            "margin": float(p.margin),
-        })  # fmt: skip
-    return Dataset.from_list(rows)
-
-
 def _as_dataset(pairs: Dataset | Sequence[PreferencePair]) -> Dataset:
     """The pairs as a Dataset holding exactly TRL's four columns; NoPairsError when there are none."""
     if len(pairs) == 0:
@@ -216,7 +191,7 @@ def _as_dataset(pairs: Dataset | Sequence[PreferencePair]) -> Dataset:
     if missing:
         raise DatasetSchemaError(
             f"the pair dataset lacks column(s) {missing}; TRL's vision preference format needs {list(TRL_COLUMNS)}. "
-            "Build it with rlaifv_lib.dpo.to_trl_dataset (or pairs.py)."
+            "Build it with rlaifv_lib.pairs.to_trl_dataset."
         )
     return ds.select_columns(list(TRL_COLUMNS))
 
@@ -271,7 +246,7 @@ def _device_setup() -> tuple[bool, torch.dtype]:
 
 
 def _resolve(path: str | os.PathLike) -> str | os.PathLike:
-    return _TOY_NAMES.get(str(path), path)
+    return resolve_model(path)
 
 
 def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, settings: DPOSettings) -> PreTrainedModel:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from .feedback import FeedbackConfig, yes_no_probs
 from .records import Prompt
 from .sampling import SamplingConfig, sample_candidates
-from .toyworld.grammar import INSTRUCTIONS, existence_question, parse_description
+from .toyworld.grammar import INSTRUCTIONS, existence_question, parse_description, true_answer
 from .toyworld.render import render_scene
 from .toyworld.scenes import PARTNERS, SHAPES, Scene
 
@@ -103,22 +103,39 @@ class EvalConfig:
     batch_size: int = 100
 
 
-def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: EvalConfig | None = None, progress: bool = False) -> dict[str, Any]:
-    """CHAIR_i, CHAIR_s, coverage, mean words, yes/no accuracy and self-check accuracy on scenes."""
+def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: EvalConfig | None = None, labeler: tuple[Any, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Held-out metrics of a policy: CHAIR_i, CHAIR_s, coverage, mean words, yes/no, self-check and labeler accuracy.
+
+    ``self_check_accuracy``: the policy's own verdicts on the object (existence) claims of its own
+    descriptions, against the truth. ``labeler_accuracy``: the labeler's verdicts (the policy
+    itself unless ``labeler`` is given) on *every* toy claim of those descriptions.
+    """
+    from .claims import ToyDecomposer  # local: claims imports this module's neighbours
+
     cfg = cfg or EvalConfig()
     images = [render_scene(s) for s in scenes]
     prompts = [Prompt(s.id, im, INSTRUCTIONS[0]) for s, im in zip(scenes, images)]
     scfg = SamplingConfig(n=1, temperature=cfg.temperature, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     cands = sample_candidates(model, processor, prompts, scfg, progress=progress)
     texts = [c.text for c in cands]
-    metrics = chair(texts, [s.shapes for s in scenes])
+    metrics: dict[str, Any] = chair(texts, [s.shapes for s in scenes])
     fcfg = FeedbackConfig(batch_size=cfg.batch_size)
     metrics["yes_no_accuracy"] = yes_no_accuracy(model, processor, scenes, images, fcfg)
-    # self-check: the model's verdicts on the object claims of its own descriptions
-    rows = [(i, m) for i, t in enumerate(texts) for m in dict.fromkeys(toy_mentions(t))]
-    probs = yes_no_probs(model, processor, images, [existence_question(m) for _, m in rows], [i for i, _ in rows], fcfg)
-    right = sum((py > pn) == (m in scenes[i].shapes) for (py, pn), (i, m) in zip(probs, rows))
-    metrics["self_check_accuracy"] = right / len(rows) if rows else 0.0
-    metrics["n_self_check"] = len(rows)
+    claims = ToyDecomposer().decompose_all(cands, progress=False)
+    index = {c.id: i for i, c in enumerate(cands)}
+    rows = [index[c.candidate_id] for c in claims]
+    truth = [true_answer(scenes[i], c.question) for c, i in zip(claims, rows)]
+    own = yes_no_probs(model, processor, images, [c.question for c in claims], rows, fcfg)
+    exist = [k for k, c in enumerate(claims) if c.kind == "existence"]
+    metrics["self_check_accuracy"] = _agree(own, truth, exist)
+    judge = own if labeler is None else yes_no_probs(*labeler, images, [c.question for c in claims], rows, fcfg)
+    metrics["labeler_accuracy"] = _agree(judge, truth, range(len(claims)))
+    metrics["n_claims"] = len(claims)
     metrics["texts"] = texts
     return metrics
+
+
+def _agree(probs: Sequence[tuple[float, float]], truth: Sequence[bool], idx: Sequence[int]) -> float:
+    """Share of verdicts (P(yes) > P(no)) equal to the truth, over the given indices."""
+    idx = list(idx)
+    return sum((probs[k][0] > probs[k][1]) == truth[k] for k in idx) / len(idx) if idx else 0.0

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,14 +35,14 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from . import __version__
-from .audit import audit_verdicts
+from .audit import labeler_audit
 from .claims import ClaimsConfig, make_decomposer
 from .dpo import DPOSettings, merge_adapters, train_dpo
 from .errors import ArtifactError, ConfigError, RunVersionError
 from .feedback import FeedbackConfig, score_candidates, score_claims
 from .guidance import GuidanceConfig, compare_selections, score_for_guidance
 from .hallucination import EvalConfig, chair, evaluate_policy
-from .models import load_model, resolve_model_path
+from .models import load_model, resolve_model
 from .pairs import PairConfig, build_pairs, pair_stats, to_trl_dataset
 from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, read_json, read_jsonl, write_json, write_jsonl
 from .sampling import SamplingConfig, sample_candidates
@@ -149,7 +151,7 @@ class RLAIFVRun:
 
     def policy_path(self, k: int) -> str:
         """The policy round k+1 samples from: the start policy for k = 0, else round k's merged model."""
-        return str(resolve_model_path(self.cfg.policy)) if k == 0 else str(self.round_dir(k) / "model")
+        return str(resolve_model(self.cfg.policy)) if k == 0 else str(self.round_dir(k) / "model")
 
     def _model(self, path: str) -> tuple[Any, Any]:
         if path not in self._loaded:
@@ -208,7 +210,7 @@ class RLAIFVRun:
         pairs = self._pairs(k, scored, prompts)
         self._train_and_merge(k, start, pairs, prompts)
         metrics = self._evaluate(k, self.policy_path(k))
-        audit = audit_verdicts(claims, verdicts, scenes, owner)
+        audit = labeler_audit(claims, verdicts, scenes)
         metrics.update(n_pairs=len(pairs), train_labeler_accuracy=audit["accuracy"], seconds=time.perf_counter() - t0)
         write_json(rd / "eval.json", metrics)
         return metrics
@@ -228,6 +230,13 @@ class RLAIFVRun:
         rd = self.round_dir(k)
         model_dir = rd / "model"
         if model_dir.exists():
+            return
+        if not pairs:  # nothing to learn from: the next round starts from the same policy
+            tqdm.write(f"round {k}: no preference pairs (see pair_stats.json); the policy is carried over unchanged")
+            tmp = model_dir.with_name(".model.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(start, tmp)
+            os.replace(tmp, model_dir)
             return
         log = rd / "dpo" / "dpo_log.json"
         if not log.exists():

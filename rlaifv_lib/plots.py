@@ -4,7 +4,9 @@ Every function builds and returns a ``matplotlib.figure.Figure`` without touchin
 global state, so nothing is shown twice in a notebook (Jupyter displays a returned figure),
 nothing leaks in a loop, and any backend works (the tests use Agg). Inputs are the plain dicts
 and lists of ``hallucination``, ``metrics_coco``, ``breakdowns`` and ``pope``, the numbers of
-``pairs`` (margins, lengths) and TRL's ``trainer.state.log_history``.
+``pairs`` (margins, lengths) and TRL's ``trainer.state.log_history``; notebook 00 adds the
+co-occurrence prior (``breakdowns.cooccurrence_matrix``), notebook 01 a sampling sweep and
+notebook 03 the score audit (``audit.score_audit``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from .toyworld.scenes import PARTNERS, SHAPES
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -25,6 +29,10 @@ __all__ = [
     "length_histogram",
     "dpo_curves",
     "scene_grid",
+    "cooccurrence_heatmaps",
+    "object_hallucination_bars",
+    "sweep_lines",
+    "score_scatter",
     "save_figure",
 ]
 
@@ -79,18 +87,7 @@ def breakdown_bars(breakdown: Mapping[str, Any]) -> Figure:
     pos = breakdown.get("position", [])
     axes[0].bar([str(r["position"]) for r in pos], [r["rate"] for r in pos])
     axes[0].set(title="hallucination rate by sentence", xlabel="sentence position", ylabel="hallucinated / mentions")
-    obj = breakdown.get("object", {})
-    per = obj.get("per_shape", {})
-    shapes = list(per)
-    hall = np.array([per[s]["n_hallucinated"] for s in shapes])
-    tied = np.array([per[s]["n_partner_present"] for s in shapes])
-    axes[1].bar(shapes, tied, label="partner present")
-    axes[1].bar(shapes, hall - tied, bottom=tied, label="partner absent")
-    axes[1].set(title=f"hallucinated objects (partner share {obj.get('partner_present_share', 0):.2f}, "
-                f"chance {obj.get('partner_present_chance', 0):.2f})", ylabel="count")  # fmt: skip
-    axes[1].title.set_fontsize(8)
-    axes[1].tick_params(axis="x", labelrotation=45)
-    axes[1].legend(fontsize=7)
+    _object_panel(axes[1], breakdown.get("object", {}))
     kind = breakdown.get("kind", {})
     axes[2].bar(list(kind), [r["rate"] for r in kind.values()])
     axes[2].set(title="error rate by claim kind", ylabel="wrong / claims")
@@ -100,6 +97,21 @@ def breakdown_bars(breakdown: Mapping[str, Any]) -> Figure:
     axes[3].set(title="hallucination by response length", xlabel="words")
     axes[3].legend(fontsize=7)
     return fig
+
+
+def _object_panel(ax: Any, obj: Mapping[str, Any]) -> None:
+    """Stacked bars per shape: hallucinated mentions whose prior partner was present / absent."""
+    per = obj.get("per_shape", {})
+    shapes = list(per)
+    hall = np.array([per[s]["n_hallucinated"] for s in shapes])
+    tied = np.array([per[s]["n_partner_present"] for s in shapes])
+    ax.bar(shapes, tied, label="partner present")
+    ax.bar(shapes, hall - tied, bottom=tied, label="partner absent")
+    ax.set(title=f"hallucinated objects (partner share {obj.get('partner_present_share', 0):.2f}, "
+           f"chance {obj.get('partner_present_chance', 0):.2f})", ylabel="count")  # fmt: skip
+    ax.title.set_fontsize(8)
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend(fontsize=7)
 
 
 def pope_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str] = _POPE_METRICS) -> Figure:
@@ -171,6 +183,81 @@ def scene_grid(images: Sequence[Any], captions: Sequence[str] | None = None, nco
         if k < len(images):
             ax.imshow(np.asarray(images[k]), interpolation="nearest")
             ax.text(0.5, -0.04, "\n".join(textwrap.wrap(captions[k], wrap)), transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    return fig
+
+
+def cooccurrence_heatmaps(matrices: Mapping[str, Sequence[Sequence[float]]], labels: Sequence[str] = SHAPES, partners: Mapping[str, str] | None = PARTNERS) -> Figure:
+    """One heatmap per named matrix from ``breakdowns.cooccurrence_matrix``: P(column shape | row shape).
+
+    The diagonal (always 1) is left blank, every cell is labelled with its value, and the
+    ``partners`` cells (the co-occurrence prior) are outlined in black.
+    """
+    fig, axes = _figure(ncols=max(1, len(matrices)), size=(4.2, 3.8))
+    idx = {s: k for k, s in enumerate(labels)}
+    for ax, (title, m) in zip(axes, matrices.items()):
+        a = np.array(m, dtype=float)
+        np.fill_diagonal(a, np.nan)
+        im = ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
+        for (i, j), v in np.ndenumerate(a):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6, color="w" if v < 0.5 else "k")
+        for s, p in (partners or {}).items():
+            if s in idx and p in idx:
+                ax.add_patch(_rect((idx[p] - 0.5, idx[s] - 0.5)))
+        ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set(title=title, xlabel="also present", ylabel="scenes with")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of scenes")
+    return fig
+
+
+def _rect(xy: tuple[float, float]) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(xy, 1, 1, fill=False, edgecolor="k", linewidth=1.5)
+
+
+def object_hallucination_bars(obj: Mapping[str, Any], title: str = "which absent objects are named") -> Figure:
+    """``breakdowns.by_object`` in two panels: hallucinations per shape (partner present / absent), and the
+    share of hallucinations whose prior partner was in the scene next to the share expected by chance."""
+    fig, axes = _figure(ncols=2, size=(4.5, 3.2))
+    _object_panel(axes[0], obj)
+    vals = [float(obj.get("partner_present_share", 0.0)), float(obj.get("partner_present_chance", 0.0))]
+    bars = axes[1].bar(["observed", "chance"], vals, color=["C0", "0.6"])
+    axes[1].bar_label(bars, fmt="%.2f", fontsize=8)
+    axes[1].set(title="partner of a present shape", ylabel="share of hallucinations", ylim=(0, 1.05))
+    fig.suptitle(title)
+    return fig
+
+
+def sweep_lines(rows: Sequence[Mapping[str, Any]], x: str, keys: Sequence[str], title: str = "") -> Figure:
+    """One line per metric in ``keys`` against the setting ``x`` (e.g. a temperature sweep), one row per setting."""
+    fig, (ax,) = _figure(size=(5.0, 3.4))
+    xs = [float(r[x]) for r in rows]
+    for k in keys:
+        ax.plot(xs, [float(r[k]) for r in rows], marker="o", label=k)
+    ax.set(xlabel=x, title=title, ylim=(0, 1.05))
+    ax.set_xticks(xs)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def score_scatter(points: Sequence[tuple[float, int]], title: str = "response score vs truly false claims") -> Figure:
+    """``audit.score_audit(...)["points"]``: truly false claims (x) vs score (y), marker area = responses.
+
+    The dashed line is a perfect labeler (score = -false claims).
+    """
+    fig, (ax,) = _figure(size=(4.5, 3.4))
+    counts: dict[tuple[float, int], int] = {}
+    for score, false in points:
+        counts[(float(score), int(false))] = counts.get((float(score), int(false)), 0) + 1
+    if counts:
+        ys, xs = zip(*counts)
+        ax.scatter(xs, ys, s=[20 + 15 * n for n in counts.values()], alpha=0.6)
+        hi = max(xs)
+        ax.plot([0, hi], [0, -hi], "k--", linewidth=1, label="perfect labeler")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="truly false claims", ylabel="score = -(rejected claims)", title=title)
     return fig
 
 

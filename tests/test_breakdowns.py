@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlaifv_lib.breakdowns import breakdown_all, by_claim_kind, by_length, by_object, by_position
-from rlaifv_lib.toyworld.scenes import Scene, ToyObject
+from rlaifv_lib.breakdowns import breakdown_all, by_claim_kind, by_length, by_object, by_position, cooccurrence_matrix, mark_hallucinations
+from rlaifv_lib.toyworld.grammar import describe, parse_description
+from rlaifv_lib.toyworld.scenes import PARTNERS, SHAPES, Scene, ToyObject, sample_scenes
 
 # scene A: large red circle top left (cell 0), small blue triangle in the center (cell 4)
 A = Scene("A", [ToyObject("circle", "red", "large", 0), ToyObject("triangle", "blue", "small", 4)])
@@ -82,3 +83,31 @@ def test_breakdown_all_and_checks():
     with pytest.raises(ValueError):
         by_position(TEXTS, SCENES[:2])
     assert by_position([], []) == [] and by_object([], [])["partner_present_share"] == 0.0
+
+
+def test_cooccurrence_matrix_by_hand():
+    # A has circle + triangle, B has star: P(triangle | circle) = 1, P(circle | star) = 0, P(x | square) = 0 (never seen)
+    m = cooccurrence_matrix([A, B, A], shapes=("circle", "triangle", "star", "square"))
+    assert m[0] == [1.0, 1.0, 0.0, 0.0]
+    assert m[2] == [0.0, 0.0, 1.0, 0.0]
+    assert m[3] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_cooccurrence_matrix_shows_the_prior():
+    def partner_rate(m):
+        return sum(m[i][SHAPES.index(PARTNERS[s])] for i, s in enumerate(SHAPES)) / len(SHAPES)
+
+    with_prior = cooccurrence_matrix(sample_scenes(1500, seed=1, prior=True))
+    without = cooccurrence_matrix(sample_scenes(1500, seed=1, prior=False))
+    assert partner_rate(with_prior) > partner_rate(without) + 0.2
+
+
+def test_mark_hallucinations():
+    assert mark_hallucinations(TEXTS[0], A) == TEXTS[0].replace("red square", "red [square]")
+    assert mark_hallucinations(TEXTS[2], B) == "there is a large green star on the left . there is a red [ring] at the top ."
+    assert mark_hallucinations(describe(A), A) == describe(A)  # a clean description is left as it is
+    assert mark_hallucinations("", A) == ""
+    # only the first shape word of a sentence is a mention (as parse_description counts), and only whole words
+    assert mark_hallucinations("a square circle . squares", A, "<", ">") == "a <square> circle . squares"
+    marked = mark_hallucinations(TEXTS[1] + " is there a ring ? the bar", B)
+    assert marked.count("[") == sum(m.shape not in B.shapes for m in parse_description(TEXTS[1] + " is there a ring ? the bar"))

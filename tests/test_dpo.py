@@ -11,6 +11,7 @@ from datasets import Dataset
 from PIL import Image
 
 from rlaifv_lib import dpo
+from rlaifv_lib.pairs import to_trl_dataset
 from rlaifv_lib.dpo import (
     TRL_COLUMNS,
     DPOSettings,
@@ -19,7 +20,6 @@ from rlaifv_lib.dpo import (
     estimate_memory,
     language_model_linear_layers,
     merge_adapters,
-    to_trl_dataset,
     train_dpo,
 )
 from rlaifv_lib.errors import ConfigError, NoPairsError, QuantizationUnavailableError

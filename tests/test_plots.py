@@ -10,10 +10,10 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from rlaifv_lib import plots  # noqa: E402
-from rlaifv_lib.breakdowns import breakdown_all  # noqa: E402
+from rlaifv_lib.breakdowns import breakdown_all, by_object, cooccurrence_matrix  # noqa: E402
 from rlaifv_lib.toyworld.grammar import describe  # noqa: E402
 from rlaifv_lib.toyworld.render import render_scene  # noqa: E402
-from rlaifv_lib.toyworld.scenes import evaluation_scenes  # noqa: E402
+from rlaifv_lib.toyworld.scenes import evaluation_scenes, sample_scenes  # noqa: E402
 
 BEFORE = {"chair_i": 0.3, "chair_s": 0.6, "coverage": 0.8, "labeler_accuracy": 0.85, "texts": ["x"]}
 AFTER = {"chair_i": 0.1, "chair_s": 0.25, "coverage": 0.78, "labeler_accuracy": 0.88}
@@ -88,3 +88,37 @@ def test_scene_grid_and_save(tmp_path):
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError):
         plots.scene_grid([render_scene(scenes[0])], ["a", "b"])
+
+
+def test_cooccurrence_heatmaps():
+    m = cooccurrence_matrix(sample_scenes(200, seed=1, prior=True))
+    fig = plots.cooccurrence_heatmaps({"pre-training": m, "evaluation": cooccurrence_matrix(evaluation_scenes(50))})
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == 2
+    assert len(heat[0].patches) == 8  # one outline per PARTNERS cell
+    assert len(heat[0].texts) == 8 * 7  # every off-diagonal cell labelled
+
+
+def test_object_hallucination_bars():
+    scenes = evaluation_scenes(6)
+    texts = [describe(s) + " there is a small red ring at the top ." for s in scenes]
+    obj = by_object(texts, scenes)
+    fig = plots.object_hallucination_bars(obj)
+    assert len(fig.axes) == 2
+    assert _bar_heights(fig.axes[1]) == pytest.approx([obj["partner_present_share"], obj["partner_present_chance"]])
+
+
+def test_sweep_lines():
+    rows = [{"temperature": t, "chair_i": 0.1 * k, "distinct": 0.3 * k} for k, t in enumerate((0.3, 0.7, 1.2))]
+    ax = plots.sweep_lines(rows, "temperature", ["chair_i", "distinct"]).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["distinct"].get_xdata()) == [0.3, 0.7, 1.2]
+    assert list(lines["chair_i"].get_ydata()) == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_score_scatter():
+    ax = plots.score_scatter([(0.0, 0), (0.0, 0), (-1.0, 2)]).axes[0]
+    offsets = ax.collections[0].get_offsets()
+    assert sorted(map(tuple, offsets.tolist())) == [(0.0, 0.0), (2.0, -1.0)]  # repeated points merged
+    assert len(ax.get_lines()) == 1  # the perfect-labeler line
+    assert not plots.score_scatter([]).axes[0].collections

@@ -175,38 +175,52 @@ def true_answer(scene: Scene, question: str) -> bool:
 
 
 def clean_questions(scene: Scene, rng: random.Random, n: int) -> list[tuple[str, bool]]:
-    """``n`` training questions with correct answers: half yes, half no, absent shapes mostly adversarial."""
+    """``n`` training questions with correct answers.
+
+    Half ask about a shape drawn independently of the scene (so a shape's presence in the image
+    alone predicts the answer, which lets a small model start learning to look); half are
+    balanced yes/no pairs whose absent shapes are mostly the co-occurrence partners of present
+    ones (POPE's adversarial split), about existence or one attribute.
+    """
     out: list[tuple[str, bool]] = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            q = _independent_question(scene, rng)
+        else:
+            q = _balanced_question(scene, rng, want_yes=rng.random() < 0.5)
+        out.append((q, true_answer(scene, q)))
+    return out
+
+
+def _independent_question(scene: Scene, rng: random.Random) -> str:
+    shape = rng.choice(SHAPES)
+    kind = rng.choice(("existence", "existence", "colour", "size", "position"))
+    o = scene.find(shape)
+    if kind == "existence":
+        return existence_question(shape)
+    if o is not None and rng.random() < 0.5:
+        return attribute_question(shape, kind, _value(o, kind))
+    return attribute_question(shape, kind, rng.choice(_values(kind)))
+
+
+def _balanced_question(scene: Scene, rng: random.Random, want_yes: bool) -> str:
     present = scene.in_reading_order()
     absent = [s for s in SHAPES if s not in scene.shapes]
     adversarial = [PARTNERS[o.shape] for o in present if PARTNERS[o.shape] in absent]
-    start = rng.randrange(2)
-    for k in range(n):
-        kind = rng.choice(("existence", "existence", "colour", "size", "position"))
-        want_yes = (k + start) % 2 == 0
-        if want_yes:
-            o = rng.choice(present)
-            if kind == "existence":
-                q = existence_question(o.shape)
-            else:
-                q = attribute_question(o.shape, kind, {"colour": o.colour, "size": o.size, "position": o.position}[kind])
-        else:
-            use_absent = kind == "existence" or rng.random() < 0.3
-            if use_absent and absent:
-                pool = adversarial if adversarial and rng.random() < 0.6 else absent
-                shape = rng.choice(pool)
-                if kind == "existence":
-                    q = existence_question(shape)
-                else:
-                    q = attribute_question(shape, kind, rng.choice(_values(kind)))
-            else:
-                o = rng.choice(present)
-                if kind == "existence":
-                    kind = "colour"
-                true_v = {"colour": o.colour, "size": o.size, "position": o.position}[kind]
-                q = attribute_question(o.shape, kind, rng.choice([v for v in _values(kind) if v != true_v]))
-        out.append((q, true_answer(scene, q)))
-    return out
+    kind = rng.choice(("existence", "existence", "colour", "size", "position"))
+    if want_yes:
+        o = rng.choice(present)
+        return existence_question(o.shape) if kind == "existence" else attribute_question(o.shape, kind, _value(o, kind))
+    if (kind == "existence" or rng.random() < 0.3) and absent:
+        shape = rng.choice(adversarial if adversarial and rng.random() < 0.6 else absent)
+        return existence_question(shape) if kind == "existence" else attribute_question(shape, kind, rng.choice(_values(kind)))
+    o = rng.choice(present)
+    kind = "colour" if kind == "existence" else kind
+    return attribute_question(o.shape, kind, rng.choice([v for v in _values(kind) if v != _value(o, kind)]))
+
+
+def _value(o: ToyObject, kind: str) -> str:
+    return {"colour": o.colour, "size": o.size, "position": o.position}[kind]
 
 
 def _values(kind: str) -> tuple[str, ...]:
@@ -217,6 +231,7 @@ def vocabulary() -> list[str]:
     """Every word the toy language uses (descriptions, questions, instructions, answers)."""
     words: list[str] = []
     texts = list(INSTRUCTIONS) + list(PLACE_PHRASES.values()) + ["there is a the yes no where nowhere"]
+    texts += ["how many objects are", "zero one two three four five six seven eight nothing", "what shape"]
     texts += list(SHAPES) + list(COLOURS) + list(SIZES)
     for t in texts:
         for w in t.split():

@@ -1,0 +1,44 @@
+"""environment.yml and pyproject.toml must name the same dependencies."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    return {_name(r): r.replace(" ", "") for r in reqs}
+
+
+def _environment() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return {_name(r): r.replace(" ", "") for r in pip if not r.startswith("-e")}
+
+
+def test_same_dependencies():
+    assert _environment() == _pyproject()
+
+
+def test_environment_installs_this_package_with_dev_extra():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "-e .[dev]" in pip
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_lower_bounds_on_fast_moving_libraries():
+    deps = _pyproject()
+    for name in ("transformers", "trl", "peft", "bitsandbytes"):
+        assert ">=" in deps[name], f"{name} needs a lower bound"

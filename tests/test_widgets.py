@@ -1,0 +1,158 @@
+"""Tests of rlaifv_lib.widgets: the inspectors driven from Python (buttons, filters) and HTML escaping."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from rlaifv_lib.audit import claim_truth
+from rlaifv_lib.claims import ToyDecomposer
+from rlaifv_lib.records import Candidate, PreferencePair, Verdict
+from rlaifv_lib.toyworld import Scene, ToyObject, render_scene
+from rlaifv_lib.widgets import ClaimInspector, PairInspector, png_bytes, split_display_sentences
+
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
+SCENE = Scene("p0", [ToyObject("circle", "red", "large", 0), ToyObject("square", "blue", "small", 8)])
+TRUE_TEXT = "there is a large red circle at the top left . there is a small blue square at the bottom right ."
+HALL_TEXT = "there is a large red circle at the top left . there is a small green star at the top right ."
+
+
+def _claim_setup(texts: list[str], reject_false: bool = True):
+    """Candidates of prompt p0, their toy claims, and verdicts that reject false claims (or accept all)."""
+    cands = [Candidate("p0", 10 + k, t, k) for k, t in enumerate(texts)]
+    claims = ToyDecomposer().decompose_all(cands, progress=False)
+    verdicts = []
+    for c in claims:
+        ok = bool(claim_truth(c, {"p0": SCENE})) or not reject_false
+        verdicts.append(Verdict(c.id, 0.9 if ok else 0.1, 0.1 if ok else 0.9, ok))
+    return cands, claims, verdicts
+
+
+def _claim_inspector(texts: list[str], reject_false: bool = True) -> ClaimInspector:
+    cands, claims, verdicts = _claim_setup(texts, reject_false)
+    return ClaimInspector.from_records(cands, claims, verdicts, images={"p0": render_scene(SCENE)}, scenes={"p0": SCENE})
+
+
+def _no_live_tags(html: str) -> None:
+    """No executable tag survived: no <script or <img element in the HTML."""
+    assert not re.search(r"<\s*script", html, re.I)
+    assert not re.search(r"<\s*img", html, re.I)
+
+
+def test_png_bytes_upscales_nearest():
+    png = png_bytes(render_scene(SCENE), size=192)
+    im = Image.open(io.BytesIO(png))
+    assert im.size == (192, 192)
+    small = render_scene(SCENE)
+    assert im.getpixel((5, 5)) == small.getpixel((1, 1))  # each toy pixel became a 4x4 block
+
+
+def test_split_display_sentences_matches_claim_numbering():
+    assert split_display_sentences("there is a circle . there is a star .") == ["there is a circle .", " there is a star ."]
+    assert split_display_sentences("a circle . . there is") == ["a circle . .", " there is"]
+    assert split_display_sentences("") == []
+
+
+def test_claim_inspector_shows_verdict_colours_and_truth():
+    ins = _claim_inspector([TRUE_TEXT, HALL_TEXT])
+    assert ins.position.value.startswith("1 / 2")
+    assert ins.image.value[:4] == b"\x89PNG"
+    assert "rlaifv-accepted" in ins.html and "rlaifv-rejected" not in ins.html
+    assert "is there a circle ?" in ins.html and "0.900" in ins.html
+    assert "in the image:" in ins.html
+    ins.next_button.click()
+    assert ins.index == 1 and ins.current.candidate.text == HALL_TEXT
+    assert "rlaifv-rejected" in ins.html and "hallucinated objects:" in ins.html
+    ins.next_button.click()  # wraps around
+    assert ins.index == 0
+    ins.prev_button.click()
+    assert ins.index == 1
+
+
+def test_claim_inspector_filters():
+    ins = _claim_inspector([TRUE_TEXT, HALL_TEXT, TRUE_TEXT], reject_false=False)  # labeler accepts everything
+    assert len(ins.visible) == 3
+    ins.filter_dropdown.value = "has hallucination"
+    assert ins.visible == [1] and ins.index == 0 and ins.current.candidate.index == 1
+    ins.filter = "disagreements with truth"
+    assert ins.visible == [1] and "labeler wrong" in ins.html
+    ins.filter = "rejected only"
+    assert ins.visible == [] and ins.current is None
+    assert "no candidate matches" in ins.html and ins.image.layout.visibility == "hidden"
+    ins.filter = "all"
+    assert ins.image.layout.visibility == "visible"
+
+
+def test_claim_inspector_without_verdicts_or_scenes():
+    cands = [Candidate("p0", 0, TRUE_TEXT, 0), Candidate("p0", 1, "", 1)]
+    claims = ToyDecomposer().decompose_all(cands, progress=False)
+    ins = ClaimInspector.from_records(cands, claims)
+    assert "rlaifv-unscored" in ins.html and "truth" not in ins.html
+    assert ins.image.layout.visibility == "hidden"  # no image given
+    ins.next()
+    assert "no claims" in ins.html
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_claim_inspector_escapes_model_text(hostile):
+    ins = _claim_inspector([f"there is a red circle {hostile} . {hostile}"])
+    _no_live_tags(ins.html)
+    assert "&lt;" in ins.html
+
+
+def _pair(chosen: str, rejected: str, margin: float = 1.0, k: int = 0) -> PreferencePair:
+    return PreferencePair("p0", chosen, rejected, margin, f"p0/c{k}", f"p0/c{k + 1}", 0.0, -margin, "describe the image .")
+
+
+def test_pair_inspector_side_by_side_and_differences():
+    pairs = [_pair(TRUE_TEXT, HALL_TEXT), _pair("there is a red circle .", TRUE_TEXT, 2.0, 2)]
+    ins = PairInspector(pairs, images={"p0": render_scene(SCENE)}, scenes={"p0": SCENE})
+    shown = ins.html
+    assert "rlaifv-chosen" in shown and "rlaifv-rejected" in shown
+    assert shown.count("rlaifv-only") == 8  # the square's 4 claims on one side, the star's 4 on the other
+    assert shown.count("rlaifv-differs") == 2  # the sentence of each
+    assert "there is a star" in shown and "there is a square" in shown
+    assert "margin 1" in shown and "22 words" in shown
+    assert ins.image.value[:4] == b"\x89PNG"
+    ins.next_button.click()
+    assert ins.current is pairs[1] and "margin 2" in ins.html
+
+
+def test_pair_inspector_filters():
+    pairs = [_pair(TRUE_TEXT, HALL_TEXT), _pair("there is a red circle .", TRUE_TEXT, 2.0, 2), _pair(HALL_TEXT + " there is a bar .", TRUE_TEXT, 1.0, 4)]
+    ins = PairInspector(pairs, scenes={"p0": SCENE})
+    assert "wrong by truth" in ins.filter_dropdown.options
+    ins.filter = "margin >= 2"
+    assert ins.visible == [1]
+    ins.filter = "chosen shorter"
+    assert ins.visible == [1]
+    ins.filter = "chosen longer"
+    assert ins.visible == [2]
+    ins.filter = "wrong by truth"
+    assert ins.visible == [2] and "star, bar" in ins.html
+    assert "wrong by truth" not in PairInspector(pairs).filter_dropdown.options
+
+
+def test_pair_inspector_uses_given_claims_and_verdicts():
+    cands, claims, verdicts = _claim_setup([TRUE_TEXT, HALL_TEXT])
+    ins = PairInspector([_pair(TRUE_TEXT, HALL_TEXT)], claims=claims, verdicts=verdicts)
+    assert "✗ rejected" in ins.html and "✓" in ins.html
+
+
+def test_pair_inspector_empty_shows_reason():
+    ins = PairInspector([], empty="no prompt gave a pair — 3 prompt(s): every candidate tied")
+    assert ins.current is None and "every candidate tied" in ins.html
+    ins.next_button.click()
+    assert ins.index == 0
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_pair_inspector_escapes_model_text(hostile):
+    pair = PreferencePair("p0<b>", f"there is a circle {hostile} .", f"{hostile} there is a star .", 1.0, "a", "b", 0.0, -1.0, hostile)
+    ins = PairInspector([pair])
+    _no_live_tags(ins.html)
+    assert html.escape(hostile) in ins.html and "p0&lt;b&gt;" in ins.html
