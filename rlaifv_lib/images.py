@@ -16,15 +16,26 @@ MAX_PIXELS = 1024 * 1024  # larger images are downscaled (aspect kept) before an
 
 
 def load_image(image: Any, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """An RGB PIL image from a path or PIL image; grayscale/RGBA converted, huge ones downscaled."""
+    """An RGB PIL image from a path or PIL image; grayscale/RGBA converted, huge ones downscaled.
+
+    Grayscale, palette, CMYK and 16-bit images are converted to RGB; images with an alpha channel are
+    composited on white; images over ``max_pixels`` pixels are downscaled (bicubic, aspect ratio kept).
+    The caller's image is never modified. ``ImageError`` for a missing, corrupt, truncated or
+    decompression-bomb-sized file, or for something that is not an image.
+    """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.exists():
-            raise ImageError(f"image file {path} does not exist.")
+            raise ImageError(f"image file {path} does not exist; check the path (relative paths start from {Path.cwd()}).")
         try:
             with Image.open(path) as im:
                 im.load()
                 image = im.copy()
+        except Image.DecompressionBombError as e:  # not an OSError: would escape as a raw PIL error
+            raise ImageError(
+                f"image file {path} is too large to decode safely ({e}). Downscale it first, or, if you trust the "
+                "file, raise PIL.Image.MAX_IMAGE_PIXELS (load_image then downscales it to max_pixels)."
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ImageError(
                 f"image file {path} cannot be decoded ({type(e).__name__}: {e}); it is corrupt or not "

@@ -44,6 +44,8 @@ __all__ = [
     "resolve_model",
     "load_model",
     "load_causal_lm",
+    "local_device_map",
+    "available_locally",
     "set_max_pixels",
     "image_only_processor",
     "lora_parameter_count",
@@ -263,10 +265,34 @@ def _load_kwargs(options: LoadOptions, toy: bool) -> dict[str, Any]:
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=options.double_quant, bnb_4bit_compute_dtype=dtype)
         if options.device_map is None and torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = local_device_map()
     if options.device_map is not None:
         kwargs["device_map"] = options.device_map
     return kwargs
+
+
+def local_device_map() -> dict[str, int]:
+    """``{"": k}``: the whole model on this process's GPU, k = ``LOCAL_RANK`` (0 outside ``accelerate launch`` / torchrun).
+
+    A 4-bit model cannot be moved after loading, so under data parallelism each process must load it onto its
+    own GPU; ``{"": 0}`` would put every copy on GPU 0.
+    """
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
+def available_locally(name_or_path: str | os.PathLike) -> bool:
+    """Whether a preset, hub id or folder loads without the network: a folder with config.json, or a hub id
+    whose config.json is already in the local Hugging Face cache (nothing is downloaded or asked online)."""
+    path = resolve_model(name_or_path)
+    folder = Path(str(path)).expanduser()
+    if folder.is_dir():
+        return (folder / "config.json").exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(str(path), "config.json"), str)
+    except ValueError:  # not a valid repo id (huggingface_hub's HFValidationError)
+        return False
 
 
 def _not_found(name_or_path: Any, error: Exception) -> ModelLoadError:
@@ -277,6 +303,12 @@ def _not_found(name_or_path: Any, error: Exception) -> ModelLoadError:
         hint = "the toy checkpoints are missing: build them with `rlaifv pretrain-toy` (see the README)."
     elif looks_local and not Path(text).expanduser().exists():
         hint = f"the folder {text} does not exist; give a folder holding config.json and *.safetensors."
+    elif Path(text).expanduser().is_dir() and not any(Path(text).expanduser().glob("*.safetensors")):
+        pickles = sorted(p.name for p in Path(text).expanduser().iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        hint = (f"the folder {text} holds no *.safetensors weights"
+                + (f" (only {', '.join(pickles)}: pickle files, which can run arbitrary code when loaded, so they are never loaded)" if pickles else "")
+                + ". Convert the checkpoint to safetensors on a machine you trust (load it there and call save_pretrained), "
+                "or download the safetensors version.")  # fmt: skip
     elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") in ("1", "true"):
         hint = ("offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local cache: download it on a machine with "
                 "network (`huggingface-cli download ID`) or unset HF_HUB_OFFLINE.")  # fmt: skip

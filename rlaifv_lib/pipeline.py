@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,14 +51,13 @@ from .toyworld.grammar import INSTRUCTIONS
 from .toyworld.render import render_scene
 from .toyworld.scenes import Scene, evaluation_scenes, training_scenes
 
-__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS"]
+__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "KILL_AFTER_ENV", "latest_policy", "quick_config", "base_and_tuned"]
 
 RUN_FORMAT = 1  # bump when the layout or the meaning of an artifact changes
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
-
-
-def _default_dpo() -> DPOSettings:
-    return DPOSettings(progress=False)
+# Test hook (tests/test_resume.py): when set to an artifact path relative to the run directory (e.g.
+# "round_1/claims.jsonl", "round_1/model"), the process SIGKILLs itself right after writing it.
+KILL_AFTER_ENV = "RLAIFV_KILL_AFTER"
 
 
 @dataclass
@@ -89,7 +89,7 @@ class RLAIFVConfig:
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
     feedback: FeedbackConfig = field(default_factory=lambda: FeedbackConfig(batch_size=256))
     pairs: PairConfig = field(default_factory=PairConfig)
-    dpo: DPOSettings = field(default_factory=_default_dpo)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
     eval_scenes: int = 200
     best_of_n: int = 8
     best_of_n_prompts: int = 100
@@ -132,6 +132,8 @@ class RLAIFVRun:
         want = {"format": RUN_FORMAT, "version": __version__, "config": self.cfg.to_dict()}
         if header.exists():
             have = read_json(header)
+            if not isinstance(have, dict):
+                raise ArtifactError(f"{header} is not a run header (a JSON object); restore it from a copy or start a new run directory.")
             if have.get("format") != RUN_FORMAT:
                 raise RunVersionError(
                     f"{self.dir} was written by run format {have.get('format')!r} (rlaifv_lib "
@@ -144,6 +146,13 @@ class RLAIFVRun:
                 )
         else:
             write_json(header, want)
+            self._written(header)
+
+    def _written(self, path: Path) -> None:
+        """Called after each artifact is written: the ``RLAIFV_KILL_AFTER`` test hook (a no-op unless set)."""
+        target = os.environ.get(KILL_AFTER_ENV)
+        if target and Path(path).relative_to(self.dir).as_posix() == target:
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def round_dir(self, k: int) -> Path:
         """Folder of round k (0 = baseline)."""
@@ -172,6 +181,7 @@ class RLAIFVRun:
             return read_jsonl(path, cls)
         records = compute()
         write_jsonl(path, records)
+        self._written(path)
         return read_jsonl(path, cls) if cls is not None else records
 
     # ----- stages --------------------------------------------------------------------------
@@ -213,6 +223,7 @@ class RLAIFVRun:
         audit = labeler_audit(claims, verdicts, scenes)
         metrics.update(n_pairs=len(pairs), train_labeler_accuracy=audit["accuracy"], seconds=time.perf_counter() - t0)
         write_json(rd / "eval.json", metrics)
+        self._written(rd / "eval.json")
         return metrics
 
     def _pairs(self, k: int, scored: list[ScoredCandidate], prompts: list[Prompt]) -> list[PreferencePair]:
@@ -224,6 +235,7 @@ class RLAIFVRun:
         result = build_pairs(scored, pcfg, instructions={p.id: p.instruction for p in prompts})
         write_json(rd / "pair_stats.json", pair_stats(result))
         write_jsonl(path, result.pairs)
+        self._written(path)
         return read_jsonl(path, PreferencePair)
 
     def _train_and_merge(self, k: int, start: str, pairs: list[PreferencePair], prompts: list[Prompt]) -> None:
@@ -237,6 +249,7 @@ class RLAIFVRun:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(start, tmp)
             os.replace(tmp, model_dir)
+            self._written(model_dir)
             return
         log = rd / "dpo" / "dpo_log.json"
         if not log.exists():
@@ -245,9 +258,11 @@ class RLAIFVRun:
                 pair.image = by_id[pair.prompt_id].image
                 pair.instruction = by_id[pair.prompt_id].instruction
             self._loaded.clear()  # free the fp32 policy before training
-            settings = DPOSettings(**{**asdict(self.cfg.dpo), "seed": _round_seed(self.cfg.seed, k, "dpo")})
+            settings = DPOSettings(**{**asdict(self.cfg.dpo), "seed": _round_seed(self.cfg.seed, k, "dpo"), "progress": self.progress})
             train_dpo(start, None, to_trl_dataset(pairs), settings, rd / "dpo")
+            self._written(log)
         merge_adapters(start, rd / "dpo" / "adapter", model_dir)
+        self._written(model_dir)
 
     def _evaluate(self, k: int, policy: str) -> dict:
         model, processor = self._model(policy)
@@ -265,6 +280,7 @@ class RLAIFVRun:
         m = self._evaluate(0, self.policy_path(0))
         m.update(n_pairs=0, seconds=time.perf_counter() - t0)
         write_json(path, m)
+        self._written(path)
         return m
 
     def best_of_n(self) -> dict | None:
@@ -295,6 +311,7 @@ class RLAIFVRun:
             prefix = "" if sel == "reward" else f"{sel}_"
             out.update({f"{prefix}{key}": m[key] for key in ("chair_i", "chair_s", "coverage", "mean_words")})
         write_json(path, out)
+        self._written(path)
         return out
 
     def run(self) -> dict:
@@ -305,3 +322,40 @@ class RLAIFVRun:
         summary = {"rounds": rounds, "best_of_n": self.best_of_n(), "config": self.cfg.to_dict()}
         write_json(self.dir / "summary.json", summary)
         return summary
+
+
+# ----- reusing runs (notebooks 06 and 07) --------------------------------------------------------
+
+
+def latest_policy(run_dir: str | Path) -> Path | None:
+    """``round_<k>/model`` of the largest k that holds a finished model in ``run_dir``; None if there is none."""
+    found = []
+    for d in Path(run_dir).glob("round_*"):
+        k = d.name.partition("_")[2]
+        if k.isdigit() and int(k) > 0 and (d / "model" / "config.json").exists():
+            found.append((int(k), d / "model"))
+    return max(found)[1] if found else None
+
+
+def quick_config(**overrides: Any) -> RLAIFVConfig:
+    """A one-round run small enough for a notebook on a laptop CPU: 60 prompts x 6 candidates, 20 evaluation
+    scenes, no best-of-N; ``overrides`` replace any ``RLAIFVConfig`` field."""
+    base: dict[str, Any] = dict(rounds=1, prompts_per_round=60, sampling=SamplingConfig(n=6, batch_size=120), eval_scenes=20, best_of_n=0)
+    return RLAIFVConfig(**{**base, **overrides})
+
+
+def base_and_tuned(run_dir: str | Path, fallback_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True) -> tuple[str, Path]:
+    """(starting policy, RLAIF-V-tuned policy) as model folders.
+
+    The tuned policy is the last round of ``run_dir`` (e.g. ``runs/demo`` written by ``rlaifv demo``) when it
+    has one; otherwise the rounds of ``cfg`` (default :func:`quick_config`) are run, or resumed, in
+    ``fallback_dir``. The starting policy is the one named in that run's ``run.json``.
+    """
+    tuned = latest_policy(run_dir)
+    if tuned is not None:
+        start = read_json(Path(run_dir) / "run.json")["config"]["policy"] if (Path(run_dir) / "run.json").exists() else "toy-policy"
+        return str(resolve_model(start)), tuned
+    run = RLAIFVRun(fallback_dir, cfg or quick_config(), progress=progress)
+    for k in range(1, run.cfg.rounds + 1):
+        run.run_round(k)
+    return run.policy_path(0), Path(run.policy_path(run.cfg.rounds))

@@ -157,21 +157,32 @@ def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T] |
         raise ArtifactError(f"{path} does not exist.")
     rows: list[dict] = []
     end = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ArtifactError(
-                    f"{path} line {lineno} is not valid JSON ({e.msg}); the file is corrupt or was "
-                    "cut short. Delete it and re-run the stage that writes it."
-                ) from None
-            if isinstance(obj, dict) and obj.get("__end__"):
-                end = obj
-                break
-            rows.append(obj)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); the file is corrupt. Delete it and re-run "
+            "the stage that writes it."
+        ) from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(
+                f"{path} line {lineno} is not valid JSON ({e.msg}); the file is corrupt or was "
+                "cut short. Delete it and re-run the stage that writes it."
+            ) from None
+        if not isinstance(obj, dict):
+            raise ArtifactError(
+                f"{path} line {lineno} is a JSON {type(obj).__name__}, not a record (JSON object); the file is "
+                "corrupt or is not an artifact of this library. Delete it and re-run the stage that writes it."
+            )
+        if obj.get("__end__"):
+            end = obj
+            break
+        rows.append(obj)
     if end is None or end.get("count") != len(rows):
         raise ArtifactError(
             f"{path} is truncated (no end marker or wrong record count); it was not written to the "
@@ -198,6 +209,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist.") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path} is not UTF-8 text ({e.reason}); delete it and re-run the stage that writes it.") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(
             f"{path} is not valid JSON ({e.msg}); delete it and re-run the stage that writes it."

@@ -138,19 +138,20 @@ def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1):
     page.goto(f"{url}/lab/tree/{notebook}?reset", wait_until="domcontentloaded")  # ?reset: only this notebook open
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(IDLE, timeout=60_000)
-    started = "[...document.querySelectorAll('.jp-InputPrompt')].some(e => /[*0-9]/.test(e.innerText))"
-    for attempt in range(3):  # a click that lands before the kernel is ready runs nothing: click again
-        _accept_dialogs(page)
-        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click(".lm-Menu-item[data-command='runmenu:run-all']")
-        try:
-            page.wait_for_function(started, timeout=20_000)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
+    done = f"document.querySelectorAll('{selector}').length >= {count}"
+    busy = "[...document.querySelectorAll('.jp-InputPrompt')].some(e => e.innerText.includes('*'))"
+    deadline, clicks, idle_checks = time.monotonic() + RUN_TIMEOUT_MS / 1000, 0, 0
     try:
-        page.wait_for_function(f"document.querySelectorAll('{selector}').length >= {count}", timeout=RUN_TIMEOUT_MS)
+        while not page.evaluate(done):
+            assert time.monotonic() < deadline, f"{selector} did not render within {RUN_TIMEOUT_MS / 1000:.0f} s"
+            idle_checks = 0 if page.evaluate(busy) else idle_checks + 1
+            if clicks == 0 or idle_checks >= 4:  # nothing running and no inspector yet: (re)start Run All
+                assert clicks < 3, "Run All Cells did not start the notebook three times"
+                _accept_dialogs(page)
+                page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+                page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+                clicks, idle_checks = clicks + 1, 0
+            page.wait_for_timeout(2000)
         page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
     except Exception:
         ARTIFACTS.mkdir(exist_ok=True)

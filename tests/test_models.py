@@ -157,3 +157,26 @@ def test_lora_targets_are_decoder_only(tiny_dirs):
 def test_toy_preset_still_loads():
     model, processor = load_model("toy-policy")
     assert model.dtype == torch.float32 and "<image>" in chat_prompt(processor, "describe the image .")
+
+
+# ---------------------------------------------------------------- local availability, device map per process
+
+
+def test_available_locally_checks_folders_and_the_cache_without_network(tmp_path):
+    from rlaifv_lib.models import available_locally
+
+    assert available_locally("toy-policy")
+    assert not available_locally(tmp_path)  # a folder without config.json
+    (tmp_path / "config.json").write_text("{}")
+    assert available_locally(tmp_path)
+    assert not available_locally("nobody-here/no-such-model-xyz")
+    assert not available_locally("not a valid id!!")
+
+
+def test_local_device_map_follows_local_rank(monkeypatch):
+    from rlaifv_lib.models import local_device_map
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert local_device_map() == {"": 0}
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device_map() == {"": 3}

@@ -76,3 +76,34 @@ def test_run_from_an_incompatible_version_is_refused(tmp_path):
 def test_impossible_settings(bad):
     with pytest.raises(ConfigError):
         tiny_config(**bad)
+
+
+# ---------------------------------------------------------------- reusing runs (notebook 06)
+
+
+def test_latest_policy_and_base_and_tuned_reuse_a_finished_run(tmp_path):
+    from rlaifv_lib.models import TOY_POLICY
+    from rlaifv_lib.pipeline import base_and_tuned, latest_policy, quick_config
+
+    run = tmp_path / "demo"
+    assert latest_policy(run) is None
+    for k in (1, 2, 10):
+        (run / f"round_{k}" / "model").mkdir(parents=True)
+    (run / "round_0").mkdir()
+    for k in (1, 2):
+        (run / f"round_{k}" / "model" / "config.json").write_text("{}")
+    assert latest_policy(run) == run / "round_2" / "model"  # round_10 has no finished model
+    (run / "run.json").write_text(json.dumps({"config": {"policy": "toy-policy"}}))
+    base, tuned = base_and_tuned(run, tmp_path / "never-used")
+    assert (base, tuned) == (str(TOY_POLICY), run / "round_2" / "model")
+    assert not (tmp_path / "never-used").exists()
+    cfg = quick_config(prompts_per_round=30)
+    assert (cfg.rounds, cfg.prompts_per_round, cfg.sampling.n, cfg.best_of_n) == (1, 30, 6, 0)
+
+
+@pytest.mark.slow
+def test_base_and_tuned_runs_the_fallback_round(tmp_path):
+    from rlaifv_lib.pipeline import base_and_tuned
+
+    base, tuned = base_and_tuned(tmp_path / "missing", tmp_path / "quick", tiny_config(), progress=False)
+    assert (tuned / "config.json").exists() and tuned == tmp_path / "quick" / "round_1" / "model"

@@ -1,167 +1,27 @@
-"""Builders of tiny, randomly initialised image-text-to-text models of real architectures (offline).
+"""The tiny random models of the conformance tests, now in ``rlaifv_lib.tiny`` (notebook 08 uses them too).
 
-Each builder returns ``(model, processor)`` for one architecture the library's presets name — LLaVA-1.5,
-Qwen2-VL, Qwen2.5-VL and Idefics3 (SmolVLM) — with a byte-level BPE tokenizer trained here on a small
-corpus (so "yes"/"no" are single tokens with and without a leading space, as in real vocabularies), the
-model family's special tokens and an approximation of its chat template, and the family's PIL image
-processor (torchvision is not needed). :func:`save_tiny` writes a model folder that
-``rlaifv_lib.models.load_model`` reads, as it would read a downloaded checkpoint.
+Kept as a module of its own so that ``from tiny_models import ...`` in the tests keeps working.
 """
 
-from __future__ import annotations
-
-import functools
-from pathlib import Path
-from typing import Any, Callable
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPVisionConfig,
-    Idefics3Config,
-    Idefics3ForConditionalGeneration,
-    Idefics3Processor,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLProcessor,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-from rlaifv_lib.models import image_only_processor
-
-__all__ = ["ARCHITECTURES", "CORPUS", "bpe_tokenizer", "build_llava", "build_qwen2_vl", "build_qwen2_5_vl", "build_idefics3", "save_tiny"]
-
-CORPUS = [
-    "There is a red cat on the table. The cat is small and the dog is brown.",
-    "Is there a cat in the image? Please answer yes or no. Yes. No. yes no YES NO",
-    "A man is riding a bicycle next to a blue car. The sky is clear.",
-    "Describe the image in detail. What is in the picture? The image shows two people.",
-] * 8
-_DIM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
-
-LLAVA_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'].upper() + ': ' }}"
-    "{% if m['content'] is string %}{{ m['content'] + ' ' }}{% else %}"
-    "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
-    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endfor %}{% endif %}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-QWEN_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-IDEFICS3_TEMPLATE = (
-    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}"
-    "{% if m['content'] is string %}{{ ': ' + m['content'] }}{% else %}"
-    "{% if m['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<end_of_utterance>\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+from rlaifv_lib.tiny import (  # noqa: F401
+    ARCHITECTURES,
+    CHAT_LM_TEMPLATE,
+    CORPUS,
+    IDEFICS3_TEMPLATE,
+    LLAVA_TEMPLATE,
+    QWEN_TEMPLATE,
+    bpe_tokenizer,
+    build_chat_lm,
+    build_idefics3,
+    build_llava,
+    build_qwen2_5_vl,
+    build_qwen2_vl,
+    build_tiny,
+    save_tiny,
 )
 
-
-def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, chat_template: str, vocab_size: int = 400, **extra: Any) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on :data:`CORPUS`, with ``specials`` as special tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, model_max_length=2048, **extra)
-    fast.chat_template = chat_template
-    return fast
-
-
-def _llama(tok: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=2048, **_DIM)
-
-
-def build_llava() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """LLaVA-1.5 layout: CLIP ViT (28 px, 14 px patches -> 4 image tokens), MLP projector, Llama decoder."""
-    tok = bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], "<s>", "</s>", "<pad>", LLAVA_TEMPLATE, unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True, do_convert_rgb=True)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32)
-    config = LlavaConfig(vision_config=vision, text_config=_llama(tok), image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=4, vision_feature_layer=-2)
-    return LlavaForConditionalGeneration(config).eval(), processor
-
-
-_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def _qwen_parts() -> tuple[PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, dict]:
-    tok = bpe_tokenizer(_QWEN_SPECIALS, None, "<|im_end|>", "<|endoftext|>", QWEN_TEMPLATE)
-    # 28x28..56x56 px: 4 to 16 patches of 14 px, merged 2x2 -> 1 to 4 image tokens
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56}, patch_size=14, merge_size=2, temporal_patch_size=2)
-    ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = dict(vocab_size=len(tok), max_position_embeddings=2048, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **_DIM)
-    return tok, image_processor, {"text": text, **ids}
-
-
-def build_qwen2_vl() -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
-    """Qwen2-VL layout: native-resolution ViT with 2x2 patch merging and M-RoPE in the decoder."""
-    tok, image_processor, parts = _qwen_parts()
-    processor = image_only_processor(Qwen2VLProcessor, image_processor, tok, QWEN_TEMPLATE)
-    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    text = parts.pop("text")
-    config = Qwen2VLConfig(vision_config=vision, text_config=text, **parts)
-    return Qwen2VLForConditionalGeneration(config).eval(), processor
-
-
-def build_qwen2_5_vl() -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Qwen2.5-VL layout: as Qwen2-VL with window attention and a SwiGLU ViT."""
-    tok, image_processor, parts = _qwen_parts()
-    processor = image_only_processor(Qwen2_5_VLProcessor, image_processor, tok, QWEN_TEMPLATE)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
-    text = parts.pop("text")
-    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, **parts)
-    return Qwen2_5_VLForConditionalGeneration(config).eval(), processor
-
-
-def build_idefics3() -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
-    """Idefics3 / SmolVLM layout: SigLIP-style ViT, pixel-shuffle connector (scale 2), Llama decoder."""
-    specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
-    tok = bpe_tokenizer(specials, "<|im_start|>", "<end_of_utterance>", "<|endoftext|>", IDEFICS3_TEMPLATE)
-    # one 28 px tile per image (no splitting): 2x2 patches of 14 px, pixel-shuffled by 2 -> 1 image token
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 28}, max_image_size={"longest_edge": 28}, do_image_splitting=False)
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=1, chat_template=IDEFICS3_TEMPLATE)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
-    config = Idefics3Config(vision_config=vision, text_config=_llama(tok), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2, pad_token_id=tok.pad_token_id)
-    return Idefics3ForConditionalGeneration(config).eval(), processor
-
-
-ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "llava": build_llava,
-    "qwen2_vl": build_qwen2_vl,
-    "qwen2_5_vl": build_qwen2_5_vl,
-    "idefics3": build_idefics3,
-}
-
-
-@functools.lru_cache(maxsize=None)
-def _seeded(arch: str) -> tuple[Any, Any]:
-    torch.manual_seed(0)
-    return ARCHITECTURES[arch]()
-
-
-def save_tiny(arch: str, folder: str | Path) -> Path:
-    """Save the tiny ``arch`` model and its processor to ``folder`` (a checkpoint layout ``load_model`` reads)."""
-    model, processor = _seeded(arch)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+__all__ = [
+    "ARCHITECTURES", "CHAT_LM_TEMPLATE", "CORPUS", "IDEFICS3_TEMPLATE", "LLAVA_TEMPLATE", "QWEN_TEMPLATE",
+    "bpe_tokenizer", "build_chat_lm", "build_idefics3", "build_llava", "build_qwen2_5_vl", "build_qwen2_vl",
+    "build_tiny", "save_tiny",
+]  # fmt: skip

@@ -110,9 +110,9 @@ class WorldConfig:
         max_objects (int, defaults to 4): most objects in a scene (at most 8).
         p_cooccur (float, defaults to 0.6): pre-training only; chance that a present shape's
             partner (``PARTNERS``) is added to the scene when there is room.
-        p_add (float, defaults to 0.4): caption noise; chance that a caption also names the
+        p_add (float, defaults to 0.15): caption noise; chance that a caption also names the
             absent partner of a described object (an invented extra sentence at the end).
-        p_substitute (float, defaults to 0.2): caption noise; chance that a caption names the
+        p_substitute (float, defaults to 0.35): caption noise; chance that a caption names the
             absent partner *instead of* the true shape (same colour, size and place).
         p_size_flip (float, defaults to 0.1): caption noise; chance that a size word is wrong.
     """
@@ -120,8 +120,8 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 4
     p_cooccur: float = 0.6
-    p_add: float = 0.4
-    p_substitute: float = 0.2
+    p_add: float = 0.15
+    p_substitute: float = 0.35
     p_size_flip: float = 0.1
     extra: dict = field(default_factory=dict)
 
