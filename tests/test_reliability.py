@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rlaifv_lib import dpo, images, models, pipeline
+from rlaifv_lib import dpo, models, pipeline
 from rlaifv_lib.claims import ToyDecomposer
 from rlaifv_lib.dpo import FALLBACK_MESSAGE, DPOSettings, build_dpo_trainer, train_dpo
 from rlaifv_lib.errors import (
@@ -36,7 +36,7 @@ from rlaifv_lib.feedback import FeedbackConfig, score_candidates, score_claims, 
 from rlaifv_lib.images import MAX_PIXELS, load_image
 from rlaifv_lib.models import LoadOptions, chat_prompt, load_model
 from rlaifv_lib.pairs import PairConfig, build_pairs, pair_stats, require_pairs
-from rlaifv_lib.pipeline import RLAIFVConfig, RLAIFVRun
+from rlaifv_lib.pipeline import RLAIFVRun
 from rlaifv_lib.records import Candidate, PreferencePair, ScoredCandidate, Verdict, read_jsonl, write_jsonl
 from rlaifv_lib.sampling import SamplingConfig, generate_texts
 from rlaifv_lib.toyworld import evaluation_scenes, render_scene

@@ -135,7 +135,7 @@ def test_causal_lm_decomposer_loads_safetensors_without_remote_code(recorded):
     calls, stop_at = recorded
     stop_at.add("AutoModelForCausalLM")
     with pytest.raises(_Stop):
-        load_causal_lm("some/decomposer")
+        load_causal_lm(models.TOY_POLICY)  # a folder with a tokenizer; the model load is stopped
     assert calls["AutoTokenizer"][-1]["trust_remote_code"] is False
     model_kwargs = calls["AutoModelForCausalLM"][-1]
     assert model_kwargs["use_safetensors"] is True and model_kwargs["trust_remote_code"] is False
