@@ -28,13 +28,12 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     roles = ["policy", "labeler"] if args.role == "both" else [args.role]
     for role in roles:
-        cfg = PretrainConfig(role=role, seed=args.seed)
+        # the labeler gets its own seed so that it does not share the policy's initialisation
+        cfg = PretrainConfig(role=role, seed=args.seed + (role == "labeler"))
         if args.steps is not None:
             cfg.steps = args.steps
         if args.vision_steps is not None:
             cfg.vision_steps = args.vision_steps
-        if role == "labeler" and args.steps is None:
-            cfg.steps = int(cfg.steps * 1.5)
         out = Path(args.out) / role if args.out else (TOY_POLICY if role == "policy" else TOY_LABELER)
         t0 = time.time()
         pretrain_toy(cfg, out)

@@ -34,12 +34,13 @@ class PretrainConfig:
     """Settings of toy pre-training.
 
     Args:
-        role (str, defaults to "policy"): "policy" or "labeler" (larger, trained longer).
+        role (str, defaults to "policy"): "policy" or "labeler" (a larger decoder, ``LABELER_SIZE``).
         seed (int, defaults to 0): seed of every random choice (same seed, same weights).
         vision_steps (int, defaults to 400): stage-1 steps (vision tower alone).
         vision_batch (int, defaults to 64): images per stage-1 step.
         vision_lr (float, defaults to 1e-3): stage-1 learning rate.
-        steps (int, defaults to 1500): stage-2 steps (projector + decoder).
+        steps (int | None, defaults to None): stage-2 steps (projector + decoder); None means 1200 for
+            the policy and 1000 for the (larger, slower) labeler.
         batch (int, defaults to 32): captions per stage-2 step.
         qa_batch (int, defaults to 64): yes/no questions per stage-2 step.
         lr (float, defaults to 2e-3): stage-2 peak learning rate (cosine decay, warm-up 5%).
@@ -52,7 +53,7 @@ class PretrainConfig:
     vision_steps: int = 400
     vision_batch: int = 64
     vision_lr: float = 1e-3
-    steps: int = 1500
+    steps: int | None = None
     batch: int = 32
     qa_batch: int = 64
     lr: float = 2e-3
@@ -62,6 +63,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.role not in ("policy", "labeler"):
             raise ConfigError(f"role must be 'policy' or 'labeler', got {self.role!r}")
+        if self.steps is None:
+            self.steps = 1200 if self.role == "policy" else 1000
         if min(self.vision_steps, self.steps) < 0 or min(self.batch, self.qa_batch, self.vision_batch) < 1:
             raise ConfigError("steps must be >= 0 and batch sizes >= 1")
         if self.lr <= 0 or self.vision_lr <= 0:
