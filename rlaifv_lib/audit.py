@@ -28,6 +28,7 @@ from .toyworld.grammar import parse_question, true_answer
 from .toyworld.scenes import Scene
 
 __all__ = [
+    "truth_verdicts",
     "prompt_of",
     "claim_truth",
     "audit_rows",
@@ -57,6 +58,15 @@ def claim_truth(claim: Claim, scenes: dict[str, Scene]) -> bool | None:
     if parse_question(claim.question) is None:
         return None
     return true_answer(_scene(scenes, prompt_of(claim.candidate_id)), claim.question)
+
+
+def truth_verdicts(claims: Sequence[Claim], scenes: dict[str, Scene]) -> list[Verdict]:
+    """Verdicts of a perfect labeler: each claim accepted iff it is true in its scene (p_yes = 1 or 0)."""
+    out = []
+    for c in claims:
+        t = bool(claim_truth(c, scenes))
+        out.append(Verdict(c.id, float(t), 1.0 - float(t), t))
+    return out
 
 
 def audit_rows(claims: Sequence[Claim], verdicts: Sequence[Verdict], scenes: dict[str, Scene]) -> list[dict[str, Any]]:

@@ -95,3 +95,17 @@ def test_full_audit_has_three_parts():
     claims, verdicts, scored = _records()
     audit = full_audit(claims, verdicts, scored, [_pair("p0/c2", "p0/c0")], SCENES)
     assert set(audit) == {"labeler", "scores", "pairs"} and audit["pairs"]["n"] == 1
+
+
+def test_truth_verdicts_accept_exactly_the_true_claims():
+    from rlaifv_lib.audit import labeler_audit, truth_verdicts
+    from rlaifv_lib.records import Claim
+    from rlaifv_lib.toyworld import Scene, ToyObject
+
+    scenes = {"p": Scene("p", [ToyObject("circle", "red", "large", 0)])}
+    claims = [Claim("p/c0", 0, "there is a circle", "is there a circle ?"),
+              Claim("p/c0", 1, "there is a square", "is there a square ?"),
+              Claim("p/c0", 2, "the circle is small", "is the circle small ?")]  # fmt: skip
+    verdicts = truth_verdicts(claims, scenes)
+    assert [v.accepted for v in verdicts] == [True, False, False]
+    assert labeler_audit(claims, verdicts, scenes)["accuracy"] == 1.0
