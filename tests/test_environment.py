@@ -42,3 +42,10 @@ def test_lower_bounds_on_fast_moving_libraries():
     deps = _pyproject()
     for name in ("transformers", "trl", "peft", "bitsandbytes"):
         assert ">=" in deps[name], f"{name} needs a lower bound"
+
+
+def test_package_exports_resolve():
+    import rlaifv_lib
+
+    for name in rlaifv_lib.__all__:
+        assert getattr(rlaifv_lib, name) is not None, name
