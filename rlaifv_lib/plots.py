@@ -73,7 +73,8 @@ def metrics_per_round(history: Sequence[Mapping[str, Any]], keys: Sequence[str] 
         pts = [(x, float(h[k])) for x, h in zip(xs, history) if isinstance(h.get(k), (int, float))]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=k)
-    ax.set_xlabel("round")
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_xticks(xs)
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
