@@ -121,7 +121,10 @@ class ClaimItem:
 
 
 class _Inspector(widgets.VBox):
-    """Image + HTML view of one item at a time, with previous/next buttons and a filter dropdown."""
+    """Image + HTML view of one item at a time, with previous/next buttons and a filter dropdown.
+
+    Subclasses define ``_image_of(item) -> bytes | None`` (PNG bytes) and ``_render(item) -> str`` (HTML).
+    """
 
     CSS_CLASS = "rlaifv-inspector"
 
@@ -198,14 +201,6 @@ class _Inspector(widgets.VBox):
     def previous(self) -> None:
         """Show the previous filtered item."""
         self.show(self._index - 1)
-
-    def _image_of(self, item: Any) -> bytes | None:
-        """PNG bytes of an item's image, or None."""
-        raise NotImplementedError
-
-    def _render(self, item: Any) -> str:
-        """The HTML of one item."""
-        raise NotImplementedError
 
 
 class ClaimInspector(_Inspector):
