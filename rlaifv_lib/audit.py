@@ -10,7 +10,11 @@ toy world knows every answer. Three audits, pure Python, no model:
   (a perfect labeler gives score = -true_false_claims, correlation -1).
 - :func:`pair_audit`: how often the chosen response really hallucinates less than the rejected
   one — in objects (a mentioned shape absent from the scene, repeats counted as in CHAIR_i)
-  and in false claims of any kind.
+  and in false claims of any kind — and what each pair teaches (:data:`PAIR_OUTCOMES`).
+
+:func:`compare_with_perfect_labeler` builds the pairs a perfect labeler would build from the same
+candidates and audits both sets side by side: the control that separates the labeler's errors
+from what the pairing rule and the world's mix of hallucinations allow.
 
 Scenes are given as a dict prompt id -> ``toyworld.scenes.Scene``; a candidate id is
 ``<prompt_id>/c<index>`` (``records.Candidate.id``).
@@ -22,12 +26,15 @@ import math
 from collections import defaultdict
 from typing import Any, Sequence
 
+from .feedback import score_candidates
 from .hallucination import toy_mentions
-from .records import Claim, PreferencePair, ScoredCandidate, Verdict
+from .pairs import PairConfig, build_pairs, pair_stats
+from .records import Candidate, Claim, PreferencePair, ScoredCandidate, Verdict
 from .toyworld.grammar import parse_question, true_answer
 from .toyworld.scenes import Scene
 
 __all__ = [
+    "PAIR_OUTCOMES",
     "truth_verdicts",
     "prompt_of",
     "claim_truth",
@@ -37,8 +44,18 @@ __all__ = [
     "score_audit",
     "pair_audit",
     "full_audit",
+    "pair_outcome",
+    "compare_with_perfect_labeler",
     "pearson",
 ]
+
+# what a pair teaches, judged against the truth (pair_audit's "outcomes"), and what each means
+PAIR_OUTCOMES: dict[str, str] = {
+    "fewer_objects": "the chosen response names fewer absent objects than the rejected one",
+    "fewer_attribute_errors": "as many absent objects; the chosen makes fewer false claims (size, colour, position)",
+    "no_true_difference": "as many absent objects and as many false claims: the margin came from labeler errors",
+    "wrong_way": "the chosen names more absent objects, or as many and makes more false claims",
+}
 
 
 def prompt_of(candidate_id: str) -> str:
@@ -173,13 +190,25 @@ def _shares(rows: Sequence[dict], chosen: str, rejected: str) -> dict[str, float
     }
 
 
+def pair_outcome(row: dict[str, Any]) -> str:
+    """The :data:`PAIR_OUTCOMES` key of one ``pair_audit`` row (it needs the false-claim counts)."""
+    objects = row["rejected_hall_objects"] - row["chosen_hall_objects"]
+    false = row["rejected_false_claims"] - row["chosen_false_claims"]
+    if objects > 0:
+        return "fewer_objects"
+    if objects < 0 or false < 0:
+        return "wrong_way"
+    return "fewer_attribute_errors" if false > 0 else "no_true_difference"
+
+
 def pair_audit(pairs: Sequence[PreferencePair], scenes: dict[str, Scene], claims: Sequence[Claim] | None = None) -> dict[str, Any]:
     """How often the chosen response truly hallucinates less than the rejected one.
 
     ``objects``: shares of pairs whose chosen text has fewer / as many / more hallucinated object
     mentions than the rejected text. ``claims`` (only when ``claims`` are given, matched through
-    ``chosen_id``/``rejected_id``): the same for truly false claims of any kind. ``rows`` holds
-    the per-pair counts.
+    ``chosen_id``/``rejected_id``): the same for truly false claims of any kind, and
+    ``outcomes``: the share of pairs with each :data:`PAIR_OUTCOMES` key. ``rows`` holds the
+    per-pair counts (and each pair's outcome).
     """
     false = _false_claims(claims, scenes) if claims is not None else None
     rows = []
@@ -193,12 +222,14 @@ def pair_audit(pairs: Sequence[PreferencePair], scenes: dict[str, Scene], claims
         if false is not None:
             row["chosen_false_claims"] = false.get(p.chosen_id, 0)
             row["rejected_false_claims"] = false.get(p.rejected_id, 0)
+            row["outcome"] = pair_outcome(row)
         rows.append(row)
     out: dict[str, Any] = {"n": len(rows), "objects": _shares(rows, "chosen_hall_objects", "rejected_hall_objects")}
     out["share_fewer_hallucinated_objects"] = out["objects"]["fewer"]
     if false is not None:
         out["claims"] = _shares(rows, "chosen_false_claims", "rejected_false_claims")
         out["share_fewer_false_claims"] = out["claims"]["fewer"]
+        out["outcomes"] = {k: _ratio(sum(r["outcome"] == k for r in rows), len(rows)) for k in PAIR_OUTCOMES}
     out["rows"] = rows
     return out
 
@@ -209,4 +240,34 @@ def full_audit(claims: Sequence[Claim], verdicts: Sequence[Verdict], scored: Seq
         "labeler": labeler_audit(claims, verdicts, scenes),
         "scores": score_audit(scored, claims, scenes),
         "pairs": pair_audit(pairs, scenes, claims),
+    }
+
+
+def _pairing_summary(candidates: Sequence[Candidate], claims: Sequence[Claim], verdicts: Sequence[Verdict], scenes: dict[str, Scene], cfg: PairConfig) -> dict[str, Any]:
+    """Pairs built from one set of verdicts, with their yield, lengths and truth audit."""
+    result = build_pairs(score_candidates(candidates, claims, verdicts), cfg)
+    stats, audit = pair_stats(result), pair_audit(result.pairs, scenes, claims)
+    return {
+        "n_pairs": stats["n_pairs"],
+        "share_prompts_with_pair": stats["share_prompts_with_pair"],
+        "share_fewer_hallucinated_objects": audit["share_fewer_hallucinated_objects"],
+        "share_fewer_false_claims": audit["share_fewer_false_claims"],
+        "outcomes": audit["outcomes"],
+        "length_ratio": stats["length_ratio"],
+        **stats["length_after"],
+    }
+
+
+def compare_with_perfect_labeler(candidates: Sequence[Candidate], claims: Sequence[Claim], verdicts: Sequence[Verdict], scenes: dict[str, Scene], cfg: PairConfig | None = None) -> dict[str, dict[str, Any]]:
+    """The pairs of ``verdicts`` and of a perfect labeler on the same candidates, audited side by side.
+
+    Returns ``{"labeler": summary, "perfect labeler": summary}``; each summary holds the pair
+    count, the share of prompts with a pair, the shares of pairs whose chosen response has fewer
+    hallucinated objects / fewer false claims, the :data:`PAIR_OUTCOMES` shares, the length
+    balancing threshold and the mean chosen and rejected lengths after it.
+    """
+    cfg = cfg or PairConfig()
+    return {
+        "labeler": _pairing_summary(candidates, claims, verdicts, scenes, cfg),
+        "perfect labeler": _pairing_summary(candidates, claims, truth_verdicts(claims, scenes), scenes, cfg),
     }

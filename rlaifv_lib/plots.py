@@ -6,7 +6,8 @@ nothing leaks in a loop, and any backend works (the tests use Agg). Inputs are t
 and lists of ``hallucination``, ``metrics_coco``, ``breakdowns`` and ``pope``, the numbers of
 ``pairs`` (margins, lengths) and TRL's ``trainer.state.log_history``; notebook 00 adds the
 co-occurrence prior (``breakdowns.cooccurrence_matrix``), notebook 01 a sampling sweep and
-notebook 03 the score audit (``audit.score_audit``).
+notebook 03 the score audit (``audit.score_audit``), notebook 04 the pair outcomes
+(``audit.compare_with_perfect_labeler``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "object_hallucination_bars",
     "sweep_lines",
     "score_scatter",
+    "pair_outcome_bars",
     "save_figure",
 ]
 
@@ -259,6 +261,31 @@ def score_scatter(points: Sequence[tuple[float, int]], title: str = "response sc
         ax.plot([0, hi], [0, -hi], "k--", linewidth=1, label="perfect labeler")
         ax.legend(fontsize=8)
     ax.set(xlabel="truly false claims", ylabel="score = -(rejected claims)", title=title)
+    return fig
+
+
+_OUTCOME_COLOURS = {
+    "fewer_objects": "tab:green", "fewer_attribute_errors": "yellowgreen",
+    "no_true_difference": "tab:gray", "wrong_way": "tab:red",
+}  # fmt: skip
+
+
+def pair_outcome_bars(summaries: Mapping[str, Mapping[str, Any]], title: str = "what the pairs teach, by the truth") -> Figure:
+    """One stacked bar per labeler of the shares of its pairs per outcome (``audit.compare_with_perfect_labeler``)."""
+    fig, (ax,) = _figure(size=(6.5, 1.2 + 0.6 * max(len(summaries), 1)))
+    names = list(summaries)
+    for i, name in enumerate(names):
+        left = 0.0
+        for key, colour in _OUTCOME_COLOURS.items():
+            share = summaries[name]["outcomes"].get(key) or 0.0
+            ax.barh(i, share, left=left, color=colour, label=key.replace("_", " ") if i == 0 else None)
+            if share >= 0.06:
+                ax.text(left + share / 2, i, f"{share:.0%}", ha="center", va="center", fontsize=8)
+            left += share
+    ax.set_yticks(range(len(names)), [f"{n} ({summaries[n]['n_pairs']} pairs)" for n in names])
+    ax.set(xlim=(0, 1), xlabel="share of pairs", title=title)
+    ax.invert_yaxis()
+    fig.legend(fontsize=7, ncols=4, loc="outside lower center")
     return fig
 
 

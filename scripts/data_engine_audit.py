@@ -2,9 +2,11 @@
 
 Samples N candidates for held-out prompts from the committed policy, decomposes them into toy
 claims, lets the policy label itself (or a separate labeler), builds pairs with the official
-rules, and prints the labeler audit, pair yield, pair correctness and length balance.
+rules, and prints the labeler audit, pair yield, pair correctness and length balance — next to
+the same pairing done by a perfect labeler on the same candidates (the control: what the
+pairing rule and the world's mix of hallucinations allow).
 
-    python scripts/data_engine_audit.py [--prompts 100] [--n 10] [--labeler toy-labeler]
+    python scripts/data_engine_audit.py [--prompts 100] [--n 10] [--labeler toy-labeler] [--plot outcomes.png]
 """
 
 from __future__ import annotations
@@ -14,14 +16,30 @@ import json
 
 import torch
 
-from rlaifv_lib.audit import full_audit
+from rlaifv_lib.audit import PAIR_OUTCOMES, compare_with_perfect_labeler, labeler_audit
 from rlaifv_lib.claims import ToyDecomposer
-from rlaifv_lib.feedback import score_candidates, score_claims
+from rlaifv_lib.feedback import score_claims
 from rlaifv_lib.models import load_model
-from rlaifv_lib.pairs import PairConfig, build_pairs, pair_stats
+from rlaifv_lib.plots import pair_outcome_bars, save_figure
 from rlaifv_lib.records import Prompt
 from rlaifv_lib.sampling import SamplingConfig, sample_candidates
 from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
+
+_ROWS = (
+    ("pairs", "n_pairs", "{:d}"),
+    ("share of prompts with a pair", "share_prompts_with_pair", "{:.3f}"),
+    ("chosen: fewer hallucinated objects", "share_fewer_hallucinated_objects", "{:.3f}"),
+    ("chosen: fewer false claims", "share_fewer_false_claims", "{:.3f}"),
+    *((f"outcome: {k.replace('_', ' ')}", ("outcomes", k), "{:.3f}") for k in PAIR_OUTCOMES),
+    ("length balancing r", "length_ratio", "{:.2f}"),
+    ("mean chosen words", "mean_chosen_words", "{:.1f}"),
+    ("mean rejected words", "mean_rejected_words", "{:.1f}"),
+)
+
+
+def _cell(summary: dict, key: str | tuple[str, str], fmt: str) -> str:
+    value = summary[key[0]][key[1]] if isinstance(key, tuple) else summary[key]
+    return "-" if value is None else fmt.format(value)
 
 
 def main() -> None:
@@ -31,6 +49,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plot", default=None, help="write the pair-outcome figure here (.png, .svg, .pdf)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     policy = load_model(args.policy)
@@ -41,25 +60,24 @@ def main() -> None:
     claims = ToyDecomposer().decompose_all(cands)
     owner = {c.id: c.prompt_id for c in cands}
     verdicts = score_claims(*labeler, claims, {p.id: p.image for p in prompts}, owner)
-    scored = score_candidates(cands, claims, verdicts)
-    result = build_pairs(scored, PairConfig(), instructions={p.id: INSTRUCTIONS[0] for p in prompts})
-    audit = full_audit(claims, verdicts, scored, result.pairs, scenes)
-    stats = pair_stats(result)
-    lab, pairs = audit["labeler"], audit["pairs"]
+    lab = labeler_audit(claims, verdicts, scenes)
+    side = compare_with_perfect_labeler(cands, claims, verdicts, scenes)
     report = {
         "labeler_accuracy": lab["accuracy"],
         "rejection_precision": lab["precision_reject"],
         "rejection_recall": lab["recall_reject"],
-        "share_prompts_with_pair": stats["share_prompts_with_pair"],
-        "n_pairs": stats["n_pairs"],
-        "share_pairs_chosen_fewer_hallucinated_objects": pairs["share_fewer_hallucinated_objects"],
-        "share_pairs_chosen_fewer_false_claims": pairs.get("share_fewer_false_claims"),
-        "pairs_by_hallucinated_objects": pairs["objects"],
-        "length_ratio_r": stats["length_ratio"],
-        "mean_chosen_words": stats["length_after"]["mean_chosen_words"],
-        "mean_rejected_words": stats["length_after"]["mean_rejected_words"],
+        "per_kind_accuracy": {k: v["accuracy"] for k, v in lab["per_kind"].items()},
+        **side,
     }
     print(json.dumps(report, indent=2))
+    name = "self-feedback" if args.labeler is None else args.labeler
+    print(f"\n{args.prompts} held-out prompts x {args.n} candidates; labeler accuracy {lab['accuracy']:.3f}, "
+          f"rejection precision {lab['precision_reject']:.3f}, recall {lab['recall_reject']:.3f}\n")  # fmt: skip
+    print(f"{'':36} {name:>14} {'perfect labeler':>16}")
+    for label, key, fmt in _ROWS:
+        print(f"{label:36} {_cell(side['labeler'], key, fmt):>14} {_cell(side['perfect labeler'], key, fmt):>16}")
+    if args.plot:
+        print("wrote", save_figure(pair_outcome_bars({name: side["labeler"], "perfect labeler": side["perfect labeler"]}), args.plot))
 
 
 if __name__ == "__main__":

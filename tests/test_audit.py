@@ -6,8 +6,20 @@ import math
 
 import pytest
 
-from rlaifv_lib.audit import full_audit, labeler_audit, pair_audit, pearson, prompt_of, score_audit
-from rlaifv_lib.records import Claim, PreferencePair, ScoredCandidate, Verdict
+from rlaifv_lib.audit import (
+    PAIR_OUTCOMES,
+    compare_with_perfect_labeler,
+    full_audit,
+    labeler_audit,
+    pair_audit,
+    pair_outcome,
+    pearson,
+    prompt_of,
+    score_audit,
+)
+from rlaifv_lib.claims import ToyDecomposer
+from rlaifv_lib.pairs import PairConfig
+from rlaifv_lib.records import Candidate, Claim, PreferencePair, ScoredCandidate, Verdict
 from rlaifv_lib.toyworld.scenes import Scene, ToyObject
 
 # scene p0: a large red circle at the top left, a small blue square in the center
@@ -84,6 +96,8 @@ def test_pair_audit_hand_worked():
     assert audit["claims"] == {"fewer": 3 / 4, "equal": 0.0, "more": 1 / 4}
     assert audit["share_fewer_hallucinated_objects"] == 0.5 and audit["share_fewer_false_claims"] == 0.75
     assert [r["chosen_hall_objects"] for r in audit["rows"]] == [0, 0, 1, 0]
+    assert [r["outcome"] for r in audit["rows"]] == ["fewer_objects", "fewer_objects", "wrong_way", "fewer_attribute_errors"]
+    assert audit["outcomes"] == {"fewer_objects": 0.5, "fewer_attribute_errors": 0.25, "no_true_difference": 0.0, "wrong_way": 0.25}
     repeated = PreferencePair("p0", "there is a circle .", "there is a star . there is a star .", 2.0)
     only_objects = pair_audit([repeated], SCENES)
     assert only_objects["rows"][0]["rejected_hall_objects"] == 2 and "claims" not in only_objects  # repeats counted
@@ -109,3 +123,35 @@ def test_truth_verdicts_accept_exactly_the_true_claims():
     verdicts = truth_verdicts(claims, scenes)
     assert [v.accepted for v in verdicts] == [True, False, False]
     assert labeler_audit(claims, verdicts, scenes)["accuracy"] == 1.0
+
+
+def _row(chosen_objects: int, rejected_objects: int, chosen_false: int, rejected_false: int) -> dict:
+    return {"chosen_hall_objects": chosen_objects, "rejected_hall_objects": rejected_objects,
+            "chosen_false_claims": chosen_false, "rejected_false_claims": rejected_false}  # fmt: skip
+
+
+def test_pair_outcome_each_case():
+    assert pair_outcome(_row(0, 1, 3, 2)) == "fewer_objects"  # objects decide first, even with more false claims
+    assert pair_outcome(_row(1, 1, 0, 1)) == "fewer_attribute_errors"
+    assert pair_outcome(_row(1, 1, 2, 2)) == "no_true_difference"
+    assert pair_outcome(_row(1, 0, 0, 3)) == "wrong_way"  # more absent objects named
+    assert pair_outcome(_row(0, 0, 2, 1)) == "wrong_way"
+    assert set(PAIR_OUTCOMES) == {"fewer_objects", "fewer_attribute_errors", "no_true_difference", "wrong_way"}
+
+
+def test_compare_with_perfect_labeler_hand_worked():
+    cands = [Candidate("p0", i, TEXTS[f"p0/c{i}"], i) for i in range(3)]
+    claims = ToyDecomposer().decompose_all(cands)
+    # the labeler wrongly rejects "is the circle red ?" of c2 and accepts everything else: scores c0 0, c1 0, c2 -1
+    verdicts = [Verdict(c.id, 0.1, 0.9, False) if (c.candidate_id, c.question) == ("p0/c2", "is the circle red ?") else Verdict(c.id, 0.9, 0.1, True) for c in claims]
+    cfg = PairConfig(max_pairs_per_prompt=None, length_balance=False)
+    side = compare_with_perfect_labeler(cands, claims, verdicts, SCENES, cfg)
+    lab, perfect = side["labeler"], side["perfect labeler"]
+    # labeler: c0 over c2 (c0 names the absent triangle) and c1 over c2 (c1's square is not green): both wrong
+    assert lab["n_pairs"] == 2 and lab["outcomes"]["wrong_way"] == 1.0 and lab["share_fewer_false_claims"] == 0.0
+    # truth: c0 -2, c1 -1, c2 0 -> c2 over c0, c1 over c0 (fewer objects), c2 over c1 (fewer attribute errors)
+    assert perfect["n_pairs"] == 3 and perfect["share_prompts_with_pair"] == 1.0
+    assert perfect["outcomes"] == {"fewer_objects": 2 / 3, "fewer_attribute_errors": 1 / 3, "no_true_difference": 0.0, "wrong_way": 0.0}
+    assert perfect["share_fewer_hallucinated_objects"] == 2 / 3 and perfect["share_fewer_false_claims"] == 1.0
+    assert perfect["length_ratio"] is None  # balancing off
+    assert perfect["mean_chosen_words"] == 6 and perfect["mean_rejected_words"] == 40 / 3

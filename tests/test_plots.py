@@ -122,3 +122,14 @@ def test_score_scatter():
     assert sorted(map(tuple, offsets.tolist())) == [(0.0, 0.0), (2.0, -1.0)]  # repeated points merged
     assert len(ax.get_lines()) == 1  # the perfect-labeler line
     assert not plots.score_scatter([]).axes[0].collections
+
+
+def test_pair_outcome_bars():
+    summaries = {
+        "self-feedback": {"n_pairs": 10, "outcomes": {"fewer_objects": 0.6, "fewer_attribute_errors": 0.2, "no_true_difference": 0.1, "wrong_way": 0.1}},
+        "perfect labeler": {"n_pairs": 12, "outcomes": {"fewer_objects": 0.75, "fewer_attribute_errors": 0.25, "no_true_difference": 0.0, "wrong_way": None}},
+    }  # fmt: skip
+    ax = plots.pair_outcome_bars(summaries).axes[0]
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == pytest.approx([0.6, 0.2, 0.1, 0.1, 0.75, 0.25, 0.0, 0.0])  # None drawn as 0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["self-feedback (10 pairs)", "perfect labeler (12 pairs)"]
