@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -66,11 +67,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rounds: list[dict], best: dict | None) -> str:
-    """The before/after table printed by ``rlaifv demo``."""
+def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = None) -> str:
+    """The before/after table printed by ``rlaifv demo`` (rows numbered 0, 1, ... unless ``numbers`` says)."""
     head = f"{'round':<10}{'CHAIR_i':>9}{'CHAIR_s':>9}{'cover':>8}{'words':>8}{'labeler':>9}{'pairs':>7}{'sec':>7}"
     lines = [head, "-" * len(head)]
-    for k, r in enumerate(rounds):
+    for k, r in zip(numbers or range(len(rounds)), rounds):
         name = "baseline" if k == 0 else f"round {k}"
         lines.append(
             f"{name:<10}{r['chair_i']:>9.3f}{r['chair_s']:>9.3f}{r['coverage']:>8.3f}{r['mean_words']:>8.1f}"
@@ -85,19 +86,54 @@ def _table(rounds: list[dict], best: dict | None) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
-    import torch
+def _run_config(args: argparse.Namespace) -> Any:
+    """The ``RLAIFVConfig`` of ``rlaifv demo`` and ``rlaifv round`` (defaults, with the flags applied)."""
+    from .dpo import DPOSettings
+    from .pipeline import RLAIFVConfig
+    from .sampling import SamplingConfig
 
-    from .pipeline import RLAIFVConfig, RLAIFVRun
-    from .plots import before_after_bars, metrics_per_round, save_figure
-
-    torch.set_num_threads(args.threads)
     cfg = RLAIFVConfig(seed=args.seed)
+    if args.smoke:  # seconds, not minutes: checks that everything runs; its numbers mean nothing
+        cfg = RLAIFVConfig(
+            rounds=2, prompts_per_round=8, sampling=SamplingConfig(n=4, max_new_tokens=48, batch_size=32),
+            dpo=DPOSettings(learning_rate=1e-3, sft_weight=1.0, max_steps=2, batch_size=4),
+            eval_scenes=10, best_of_n=2, best_of_n_prompts=4, seed=args.seed,
+        )  # fmt: skip
     if args.rounds is not None:
         cfg.rounds = args.rounds
     if args.prompts is not None:
         cfg.prompts_per_round = args.prompts
+    return cfg
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    """Run the next unfinished round of a run (the baseline first, if missing) and print its row."""
+    import torch
+
+    from .pipeline import RLAIFVRun
+
+    torch.set_num_threads(args.threads)
+    run = RLAIFVRun(args.out, _run_config(args))
+    baseline = run.baseline()
+    k = run.next_round()
+    if k is None:
+        print(f"all {run.cfg.rounds} rounds of {args.out} are done; `rlaifv demo --out {args.out}` prints the table")
+        return 0
+    row = run.run_round(k)
+    print(f"\nround {k} of {run.cfg.rounds} in {args.out}:")
+    print(_table([baseline, row], None, numbers=[0, k]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
+    import torch
+
+    from .pipeline import RLAIFVRun
+    from .plots import before_after_bars, metrics_per_round, save_figure
+
+    torch.set_num_threads(args.threads)
+    cfg = _run_config(args)
     t0 = time.time()
     summary = RLAIFVRun(args.out, cfg).run()
     rounds = summary["rounds"]
@@ -124,13 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--threads", type=int, default=2)
     pt.set_defaults(func=cmd_pretrain_toy)
 
-    de = sub.add_parser("demo", help="the k-round RLAIF-V loop on the toy world, before/after table and plots")
-    de.add_argument("--out", default="runs/demo", help="run directory (resumed if it exists)")
-    de.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
-    de.add_argument("--prompts", type=int, default=None, help="override prompts per round")
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--threads", type=int, default=2)
-    de.set_defaults(func=cmd_demo)
+    for name, func, text in (
+        ("demo", cmd_demo, "the k-round RLAIF-V loop on the toy world, before/after table and plots"),
+        ("round", cmd_round, "only the next unfinished round of a run (same settings as demo; demo finishes it)"),
+    ):
+        de = sub.add_parser(name, help=text)
+        de.add_argument("--out", default="runs/demo", help="run directory (resumed if it exists)")
+        de.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+        de.add_argument("--prompts", type=int, default=None, help="override prompts per round")
+        de.add_argument("--seed", type=int, default=0)
+        de.add_argument("--threads", type=int, default=2)
+        de.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds (checks the install; numbers mean nothing)")
+        de.set_defaults(func=func)
 
     ev = sub.add_parser("eval", help="CHAIR, coverage, yes/no and self-check accuracy on held-out scenes")
     ev.add_argument("--model", default="toy-policy", help="toy-policy, toy-labeler, or a model folder")

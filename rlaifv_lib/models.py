@@ -393,18 +393,29 @@ def set_max_pixels(processor: Any, max_pixels: int | None) -> Any:
     return processor
 
 
+def _merge_shortcuts(options: LoadOptions | None, trust_remote_code: bool, dtype: torch.dtype | None) -> LoadOptions:
+    """``options``, or one built from the shortcut arguments; ``ConfigError`` when both say different things."""
+    if options is None:
+        return LoadOptions(trust_remote_code=trust_remote_code, dtype=dtype)
+    if trust_remote_code and not options.trust_remote_code:
+        raise ConfigError("load_model got trust_remote_code=True and options with trust_remote_code=False; set it in LoadOptions only.")
+    if dtype is not None and LoadOptions(dtype=dtype).dtype != options.dtype:
+        raise ConfigError(f"load_model got dtype={dtype} and options with dtype={options.dtype}; set it in LoadOptions only.")
+    return options
+
+
 def load_model(name_or_path: str | os.PathLike = "toy-policy", trust_remote_code: bool = False, dtype: torch.dtype | None = None, options: LoadOptions | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load (model, processor) from a preset name, a local path or a Hugging Face id (safetensors only).
 
     Args:
         name_or_path: a preset (``PRESETS``), a folder with config.json + *.safetensors, or a hub id.
-        trust_remote_code: shortcut for ``LoadOptions.trust_remote_code`` (used when ``options`` is None).
-        dtype: shortcut for ``LoadOptions.dtype`` (used when ``options`` is None).
+        trust_remote_code: shortcut for ``LoadOptions.trust_remote_code``; with ``options``, set it there.
+        dtype: shortcut for ``LoadOptions.dtype``; with ``options``, set it there.
         options: a ``LoadOptions``; a preset's recommended ``max_pixels`` applies when it leaves it None.
 
     Example: ``model, processor = load_model("qwen2.5-vl-3b", options=LoadOptions(load_in_4bit=True))``.
     """
-    options = options or LoadOptions(trust_remote_code=trust_remote_code, dtype=dtype)
+    options = _merge_shortcuts(options, trust_remote_code, dtype)
     preset = PRESETS.get(str(name_or_path))
     if preset is not None and preset.role != "policy":
         raise ModelLoadError(f"preset {preset.name!r} is a text-only claim decomposer; load it with load_causal_lm.")

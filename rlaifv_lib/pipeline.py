@@ -130,6 +130,7 @@ class RLAIFVRun:
         self.cfg = cfg or RLAIFVConfig()
         self.progress = progress
         self._check_or_write_header()
+        self._remove_stale_temporaries()
         self._eval = evaluation_scenes(self.cfg.eval_scenes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._labeler = None
@@ -155,6 +156,12 @@ class RLAIFVRun:
         else:
             write_json(header, want)
             self._written(header)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the hidden ``.<artifact>.*.tmp`` files an atomic write leaves when its process is killed."""
+        for tmp in self.dir.rglob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
 
     def _written(self, path: Path) -> None:
         """Called after each artifact is written: the ``RLAIFV_KILL_AFTER`` test hook (a no-op unless set)."""
@@ -321,6 +328,10 @@ class RLAIFVRun:
         write_json(path, out)
         self._written(path)
         return out
+
+    def next_round(self) -> int | None:
+        """The first round k (1..rounds) without a finished ``eval.json``; None when every round is done."""
+        return next((k for k in range(1, self.cfg.rounds + 1) if not (self.round_dir(k) / "eval.json").exists()), None)
 
     def run(self) -> dict:
         """Baseline, every round, best-of-N; writes and returns ``summary.json``."""

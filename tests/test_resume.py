@@ -170,8 +170,8 @@ def _resume_and_check(ctx, run_dir: Path, reference: Path) -> None:
         if rel != "summary.json":
             assert after[rel] == (data, mtime), f"{rel} was rewritten on resume"
     _assert_same_artifacts(run_dir, reference)
-    for tmp in planted:  # a stale temporary is never taken for the finished file (compared above)
-        assert tmp.with_name(tmp.name[1:].split(".stale")[0]).exists() and tmp.read_bytes() != b""
+    for tmp in planted:  # a stale temporary is never taken for the finished file (compared above), and is removed
+        assert tmp.with_name(tmp.name[1:].split(".stale")[0]).exists() and not tmp.exists()
     assert not (run_dir / "round_1" / ".model.tmp").exists(), "a half-written merge was left behind"
 
 

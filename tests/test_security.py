@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from rlaifv_lib import dpo, models
 from rlaifv_lib.claims import ToyDecomposer
 from rlaifv_lib.dpo import DPOSettings, merge_adapters
-from rlaifv_lib.errors import ModelLoadError
+from rlaifv_lib.errors import ConfigError, ModelLoadError
 from rlaifv_lib.models import PRESETS, LoadOptions, load_causal_lm, load_model
 from rlaifv_lib.records import Candidate, Claim, PreferencePair, Verdict
 from rlaifv_lib.toyworld import Scene, ToyObject, render_scene
@@ -129,6 +129,17 @@ def test_trust_remote_code_only_when_the_user_sets_it(recorded, how):
     assert calls["AutoConfig"][-1]["trust_remote_code"] is True
     assert calls["AutoModelForImageTextToText"][-1]["trust_remote_code"] is True
     assert calls["AutoModelForImageTextToText"][-1]["use_safetensors"] is True
+
+
+def test_shortcut_arguments_that_contradict_options_are_refused(recorded):
+    calls, _ = recorded
+    with pytest.raises(ConfigError, match="trust_remote_code=True and options with trust_remote_code=False"):
+        load_model("toy-policy", trust_remote_code=True, options=LoadOptions())
+    with pytest.raises(ConfigError, match="dtype=torch.float16 and options with dtype=torch.float32"):
+        load_model("toy-policy", dtype=torch.float16, options=LoadOptions(dtype="float32"))
+    assert "AutoConfig" not in calls  # refused before anything was loaded
+    model, _ = load_model("toy-policy", dtype=torch.float32, options=LoadOptions(dtype=torch.float32))  # agreeing is fine
+    assert model.dtype == torch.float32
 
 
 def test_causal_lm_decomposer_loads_safetensors_without_remote_code(recorded):
