@@ -31,6 +31,7 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
+from .memory import weights_memory
 from .models import local_device_map, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, write_json
@@ -42,7 +43,6 @@ __all__ = [
     "bnb_available",
     "language_model_linear_layers",
     "count_parameters",
-    "estimate_memory",
     "build_dpo_trainer",
     "train_dpo",
     "merge_adapters",
@@ -223,27 +223,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def estimate_memory(total_params: int, trainable_params: int, load_in_4bit: bool = True, weight_bytes: float = 2.0) -> dict[str, float]:
-    """Rough training memory in GiB: frozen weights + LoRA weights, gradients and AdamW states (no activations).
-
-    Args:
-        total_params: parameters of the whole model (base + adapters).
-        trainable_params: LoRA parameters.
-        load_in_4bit: base weights at ~0.52 byte/param (NF4 + double-quantised constants) instead of ``weight_bytes``.
-        weight_bytes: bytes per unquantised base weight (2 for bf16, 4 for fp32).
-
-    Example: ``estimate_memory(7_000_000_000, 40_000_000)["total_gib"]`` is about 4 GiB.
-    """
-    gib = 1024**3
-    base = (total_params - trainable_params) * (0.516 if load_in_4bit else weight_bytes)
-    adapters = trainable_params * 4.0  # fp32 (TRL keeps them bf16 on a 4-bit base: a slight overestimate)
-    grads = trainable_params * 4.0
-    adam = trainable_params * 8.0  # two fp32 moments
-    parts = {"base_weights_gib": base / gib, "adapter_weights_gib": adapters / gib, "gradients_gib": grads / gib, "optimizer_gib": adam / gib}
-    parts["total_gib"] = sum(parts.values())
-    return parts
-
-
 def _device_setup() -> tuple[bool, torch.dtype]:
     """(use_gpu, compute dtype): bf16 on a GPU that has it, float32 on CPU."""
     if torch.cuda.is_available():
@@ -401,7 +380,7 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
     trainer.processing_class.save_pretrained(str(adapter_dir))
     trainable, total = count_parameters(peft_model)
-    memory = estimate_memory(total, trainable, load_in_4bit=quantized, weight_bytes=4.0)
+    memory = weights_memory(total, trainable, load_in_4bit=quantized, weight_bytes=4.0)
     memory["measured_weights_gib"] = peft_model.get_memory_footprint() / 1024**3
     result = DPOResult(
         output_dir=output_dir,

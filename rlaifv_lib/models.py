@@ -5,8 +5,8 @@ local path goes through ``AutoModelForImageTextToText`` + ``AutoProcessor``, wit
 :class:`LoadOptions` (4-bit NF4, device map, image-size cap). :data:`PRESETS` names the real models
 worth trying — LLaVA-1.5-7B (the paper's policy), Qwen2.5-VL and SmolVLM (Idefics3) — with their LoRA
 targets, DPO settings, labeler question suffix and a memory hint, plus the instruction-tuned LLMs that
-:class:`rlaifv_lib.claims.LLMDecomposer` can prompt. :func:`estimate_memory` sizes a DPO run from a
-preset's architecture without downloading anything.
+:class:`rlaifv_lib.claims.LLMDecomposer` can prompt; ``rlaifv_lib.memory.estimate_memory`` sizes a
+DPO run from a preset's architecture without downloading anything.
 
 The image-size cap (``LoadOptions.max_pixels``) maps onto each family's processor:
 Qwen2-VL / Qwen2.5-VL resize so that ``height x width <= max_pixels`` (``size["longest_edge"]``, which
@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,6 @@ __all__ = [
     "available_locally",
     "set_max_pixels",
     "image_only_processor",
-    "lora_parameter_count",
-    "image_tokens",
-    "estimate_memory",
     "chat_prompt",
     "tokenizer_of",
 ]
@@ -119,7 +115,7 @@ class ModelPreset:
         max_pixels (int | None, defaults to None): recommended image-size cap for ``LoadOptions``.
         memory_hint (str, defaults to ""): parameters and rough GPU memory, for people choosing a preset.
         arch (dict, defaults to {}): config.json fields (``model_type`` + sub-configs) from which
-            :func:`estimate_memory` rebuilds the architecture offline.
+            ``rlaifv_lib.memory.estimate_memory`` rebuilds the architecture offline.
     """
 
     name: str
@@ -465,102 +461,3 @@ def chat_prompt(processor: Any, text: str, with_image: bool = True) -> str:
 
 
 # ---------------------------------------------------------------- memory estimates
-
-
-def _as_config(config: Any) -> Any:
-    """A transformers config from a preset, a preset name, a config dict or a config."""
-    if isinstance(config, str):
-        config = get_preset(config)
-    if isinstance(config, ModelPreset):
-        if not config.arch:
-            raise ConfigError(f"preset {config.name!r} carries no architecture to estimate from; pass its config instead.")
-        config = config.arch
-    if isinstance(config, dict):
-        d = json.loads(json.dumps(config))
-        return AutoConfig.for_model(d.pop("model_type"), **d)
-    return config
-
-
-def _meta_model(config: Any) -> torch.nn.Module:
-    """The architecture of ``config`` on the meta device (shapes only, no memory)."""
-    with torch.device("meta"):
-        if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-            return AutoModelForImageTextToText.from_config(config)
-        return AutoModelForCausalLM.from_config(config)
-
-
-def lora_parameter_count(model: torch.nn.Module, target_modules: str | list[str] | None = LANGUAGE_LORA_TARGETS, r: int = 64) -> int:
-    """Parameters that rank-``r`` LoRA adds to the targeted linear layers (PEFT's matching rules)."""
-    from .dpo import language_model_linear_layers
-
-    if target_modules is None:
-        names = set(language_model_linear_layers(model))
-    elif isinstance(target_modules, str):
-        names = {n for n, _ in model.named_modules() if re.fullmatch(target_modules, n)}
-    else:
-        names = {n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in target_modules)}
-    return sum(r * (m.in_features + m.out_features) for n, m in model.named_modules() if n in names and isinstance(m, torch.nn.Linear))
-
-
-def image_tokens(config: Any, height: int, width: int, max_pixels: int | None = None) -> int:
-    """Tokens one image of ``height`` x ``width`` takes in the language model of ``config``'s family."""
-    config = _as_config(config)
-    vc = getattr(config, "vision_config", None)
-    if config.model_type == "llava":
-        return (vc.image_size // vc.patch_size) ** 2
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
-        unit = vc.patch_size * vc.spatial_merge_size
-        scale = min(1.0, math.sqrt((max_pixels or 12845056) / (height * width)))
-        return max(1, round(height * scale / unit)) * max(1, round(width * scale / unit))
-    if config.model_type in ("idefics3", "smolvlm"):
-        per_tile = (vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2
-        side = max(vc.image_size, int(math.sqrt(max_pixels)) // vc.image_size * vc.image_size) if max_pixels else 4 * vc.image_size
-        scale = side / max(height, width)  # the longest side is resized to `side`, up or down
-        tiles = math.ceil(height * scale / vc.image_size) * math.ceil(width * scale / vc.image_size)
-        return per_tile * (tiles + (tiles > 1))  # + the downscaled global view when split
-    raise ConfigError(f"no image-token rule for model type {config.model_type!r}")
-
-
-def estimate_memory(config: Any, image_size: tuple[int, int] = (448, 448), batch_size: int = 1, text_tokens: int = 256, load_in_4bit: bool = True, lora_r: int = 64, target_modules: str | list[str] | None = LANGUAGE_LORA_TARGETS, gradient_checkpointing: bool = True, max_pixels: int | None = None) -> dict[str, float]:
-    """Rough GPU memory (GiB) of one QLoRA DPO step, from the architecture alone (nothing downloaded).
-
-    Weights, LoRA weights, gradients and AdamW states come from ``rlaifv_lib.dpo.estimate_memory`` with the
-    exact parameter counts of ``config`` (built on the meta device); activations add, per sequence (a pair
-    is two), ~34 x hidden bytes per token per decoder layer (2 x hidden with gradient checkpointing) plus
-    the fp32 logits, and the frozen vision tower's largest layer. Real runs differ by +-30%.
-
-    Args:
-        config: a preset name, a ``ModelPreset``, a config.json dict or a transformers config.
-        image_size: (height, width) of the images before the processor.
-        batch_size: pairs per step.
-        text_tokens: prompt + response tokens besides the image.
-        load_in_4bit: NF4 base weights (else bf16).
-        lora_r, target_modules: the adapters (``target_modules=None``: every decoder linear layer).
-        gradient_checkpointing: recompute decoder activations in the backward pass.
-        max_pixels: the processor's image cap (Qwen-VL, Idefics3); None uses the preset's.
-
-    Example: ``estimate_memory("llava-1.5-7b")["total_gib"]`` is about 7 GiB.
-    """
-    from .dpo import estimate_memory as weights_memory
-
-    if max_pixels is None and isinstance(config, (str, ModelPreset)):
-        max_pixels = (get_preset(config) if isinstance(config, str) else config).max_pixels
-    cfg = _as_config(config)
-    model = _meta_model(cfg)
-    total = sum(p.numel() for p in model.parameters())
-    lora = lora_parameter_count(model, target_modules, lora_r)
-    out = weights_memory(total + lora, lora, load_in_4bit=load_in_4bit, weight_bytes=2.0)
-    text = getattr(cfg, "text_config", cfg)
-    n_img = image_tokens(cfg, *image_size, max_pixels=max_pixels)
-    seq = n_img + text_tokens
-    rows = 2 * batch_size  # chosen and rejected
-    per_token_layer = (2 if gradient_checkpointing else 34) * text.hidden_size
-    decoder = rows * seq * text.num_hidden_layers * per_token_layer + (rows * seq * 34 * text.hidden_size if gradient_checkpointing else 0)
-    logits = rows * seq * text.vocab_size * 4 * 2  # fp32 logits and their log-softmax
-    vc = getattr(cfg, "vision_config", None)
-    vision = rows * n_img * 4 * 34 * vc.hidden_size if vc is not None else 0  # one layer at a time, no grad
-    gib = 1024**3
-    out.update(activations_gib=(decoder + logits + vision) / gib, total_params=float(total), lora_params=float(lora), image_tokens=float(n_img), sequence_tokens=float(seq))
-    out["total_gib"] = out["base_weights_gib"] + out["adapter_weights_gib"] + out["gradients_gib"] + out["optimizer_gib"] + out["activations_gib"]
-    out["bf16_weights_gib"] = total * 2 / gib
-    return out

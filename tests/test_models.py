@@ -1,4 +1,4 @@
-"""Model loading, presets, processor image caps, error messages and memory estimates (rlaifv_lib.models)."""
+"""Model loading, presets, processor image caps and error messages (rlaifv_lib.models)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from rlaifv_lib import models
 from rlaifv_lib.dpo import DPOSettings
 from rlaifv_lib.errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError
 from rlaifv_lib.feedback import FeedbackConfig
+from rlaifv_lib.memory import lora_parameter_count
 from rlaifv_lib.models import (
     LANGUAGE_LORA_TARGETS,
     PRESETS,
     YES_NO_SUFFIX,
     LoadOptions,
     chat_prompt,
-    estimate_memory,
     get_preset,
-    image_tokens,
     load_causal_lm,
     load_model,
-    lora_parameter_count,
     resolve_model,
     set_max_pixels,
 )
@@ -125,22 +123,6 @@ def test_chat_template_missing(tiny_dirs):
     processor.tokenizer.chat_template = None
     with pytest.raises(ChatTemplateError, match="no chat template"):
         chat_prompt(processor, "hi")
-
-
-def test_memory_estimates_from_presets():
-    llava = estimate_memory("llava-1.5-7b")
-    assert 6.9e9 < llava["total_params"] < 7.2e9 and llava["image_tokens"] == 576
-    assert llava["base_weights_gib"] < llava["bf16_weights_gib"] / 3  # 4-bit
-    full = estimate_memory("llava-1.5-7b", load_in_4bit=False)
-    assert full["base_weights_gib"] > 12
-    qwen = get_preset("qwen2.5-vl-3b")
-    assert 3.6e9 < estimate_memory(qwen)["total_params"] < 3.9e9
-    big = estimate_memory(qwen, image_size=(896, 896), max_pixels=896 * 896, batch_size=2)
-    assert big["activations_gib"] > estimate_memory(qwen)["activations_gib"]
-    assert image_tokens("qwen2.5-vl-3b", 448, 448, max_pixels=448 * 448) == 256
-    assert image_tokens("smolvlm", 384, 384, max_pixels=384 * 384) == 81
-    with pytest.raises(ConfigError):
-        estimate_memory("qwen2.5-7b-instruct")
 
 
 def test_lora_targets_are_decoder_only(tiny_dirs):

@@ -12,7 +12,6 @@ import pytest
 from rlaifv_lib.errors import ConfigError
 from rlaifv_lib.toyworld import (
     PARTNERS,
-    SHAPES,
     PretrainConfig,
     Scene,
     ToyObject,
