@@ -15,6 +15,7 @@ them and move the model), and the next round loads that merged model, quantised 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -24,7 +25,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from datasets import Dataset
@@ -320,6 +321,14 @@ def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _quiet_upstream_deprecation() -> Iterator[None]:
+    """Hide one upstream FutureWarning: TRL 1.16 and PEFT read ``is_gradient_checkpointing``, which transformers 5 renamed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs: Dataset | Sequence[PreferencePair], settings: DPOSettings | None = None, output_dir: str | os.PathLike = "dpo_out") -> Any:
     """A ready TRL ``DPOTrainer``: 4-bit (or fallback) base + LoRA via ``peft_config``, reference = adapters off."""
     from trl import DPOTrainer
@@ -341,14 +350,15 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
             raise ConfigError("pass the processor when the model is an object (it cannot be loaded from a path).")
         processor = AutoProcessor.from_pretrained(_resolve(model))
     base = _load_base(model, quantize, settings)
-    trainer = DPOTrainer(
-        model=base,
-        ref_model=None,
-        args=_dpo_config(settings, Path(output_dir)),
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=_lora_config(base, settings),
-    )
+    with _quiet_upstream_deprecation():
+        trainer = DPOTrainer(
+            model=base,
+            ref_model=None,
+            args=_dpo_config(settings, Path(output_dir)),
+            train_dataset=dataset,
+            processing_class=processor,
+            peft_config=_lora_config(base, settings),
+        )
     use_gpu, _ = _device_setup()
     if quantize and (settings.fp32_adapters if settings.fp32_adapters is not None else not use_gpu):
         for p in trainer.model.parameters():  # undo TRL's bf16 cast (the optimiser is built later, in train())
@@ -372,13 +382,15 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     output_dir = Path(output_dir)
     trainer = build_dpo_trainer(model, processor, pairs, settings, output_dir)
     start = time.perf_counter()
-    trainer.train()
+    with _quiet_upstream_deprecation():
+        trainer.train()
     runtime = time.perf_counter() - start
     peft_model = trainer.model.eval()
     quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
     adapter_dir = output_dir / "adapter"
-    peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
-    trainer.processing_class.save_pretrained(str(adapter_dir))
+    if trainer.is_world_process_zero():  # under DDP (accelerate launch) one process writes the files
+        peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+        trainer.processing_class.save_pretrained(str(adapter_dir))
     trainable, total = count_parameters(peft_model)
     memory = weights_memory(total, trainable, load_in_4bit=quantized, weight_bytes=4.0)
     memory["measured_weights_gib"] = peft_model.get_memory_footprint() / 1024**3
@@ -394,7 +406,9 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
         settings=asdict(settings),
         model=peft_model,
     )
-    write_json(output_dir / "dpo_log.json", result.summary())
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "dpo_log.json", result.summary())
+    trainer.accelerator.wait_for_everyone()  # the other processes return once the files exist
     return result
 
 
@@ -423,7 +437,8 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
     try:
         base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
         processor = _load_processor(adapter_dir, base_path)
-        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        with _quiet_upstream_deprecation():
+            merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"cannot merge adapters {adapter_dir!s} into base {base_path!s}: {e}. Check that the adapters were "
