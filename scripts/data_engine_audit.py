@@ -6,7 +6,7 @@ rules, and prints the labeler audit, pair yield, pair correctness and length bal
 the same pairing done by a perfect labeler on the same candidates (the control: what the
 pairing rule and the world's mix of hallucinations allow).
 
-    python scripts/data_engine_audit.py [--prompts 100] [--n 10] [--labeler toy-labeler] [--plot outcomes.png]
+    python scripts/data_engine_audit.py [--prompts 100] [--n 10] [--seed 0] [--labeler toy-labeler] [--plot outcomes.png]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--labeler", default=None, help="default: the policy labels itself")
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plot", default=None, help="write the pair-outcome figure here (.png, .svg, .pdf)")
     args = ap.parse_args()
@@ -56,7 +57,7 @@ def main() -> None:
     labeler = policy if args.labeler is None else load_model(args.labeler)
     scenes = {s.id: s for s in evaluation_scenes(args.prompts)}
     prompts = [Prompt(s.id, render_scene(s), INSTRUCTIONS[0]) for s in scenes.values()]
-    cands = sample_candidates(*policy, prompts, SamplingConfig(n=args.n, batch_size=200))
+    cands = sample_candidates(*policy, prompts, SamplingConfig(n=args.n, batch_size=200, seed=args.seed))
     claims = ToyDecomposer().decompose_all(cands)
     owner = {c.id: c.prompt_id for c in cands}
     verdicts = score_claims(*labeler, claims, {p.id: p.image for p in prompts}, owner)
