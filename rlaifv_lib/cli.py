@@ -87,7 +87,7 @@ def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = No
 
 def _run_config(args: argparse.Namespace) -> Any:
     """The ``RLAIFVConfig`` of ``rlaifv demo`` and ``rlaifv round`` (defaults, with the flags applied)."""
-    from .dpo import DPOSettings
+    from .dpo import toy_dpo_settings
     from .pipeline import RLAIFVConfig
     from .sampling import SamplingConfig
 
@@ -95,7 +95,7 @@ def _run_config(args: argparse.Namespace) -> Any:
     if args.smoke:  # seconds, not minutes: checks that everything runs; its numbers mean nothing
         cfg = RLAIFVConfig(
             rounds=2, prompts_per_round=8, sampling=SamplingConfig(n=4, max_new_tokens=48, batch_size=32),
-            dpo=DPOSettings(learning_rate=1e-3, sft_weight=1.0, max_steps=2, batch_size=4),
+            dpo=toy_dpo_settings(max_steps=2, batch_size=4),
             eval_scenes=10, best_of_n=2, best_of_n_prompts=4, seed=args.seed,
         )  # fmt: skip
     if args.rounds is not None:

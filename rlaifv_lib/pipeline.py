@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .audit import labeler_audit
 from .claims import ClaimsConfig, make_decomposer
-from .dpo import DPOSettings, merge_adapters, train_dpo
+from .dpo import DPOSettings, merge_adapters, toy_dpo_settings, train_dpo
 from .errors import ArtifactError, ConfigError, RunVersionError
 from .feedback import FeedbackConfig, score_candidates, score_claims
 from .guidance import GuidanceConfig, compare_selections, score_for_guidance
@@ -60,13 +60,6 @@ SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accurac
 KILL_AFTER_ENV = "RLAIFV_KILL_AFTER"
 
 
-def _toy_dpo() -> DPOSettings:
-    """DPO settings calibrated for the toy world (see the README's Results): a larger step than the
-    official LoRA lr (1e-5 on a 7B model) and an SFT term on the chosen responses (official weight 0),
-    which kept the 1M-parameter policy from drifting into repeated, degenerate sentences."""
-    return DPOSettings(learning_rate=1e-3, epochs=2, sft_weight=1.0)
-
-
 @dataclass
 class RLAIFVConfig:
     """Settings of a k-round RLAIF-V run on the toy world.
@@ -81,8 +74,8 @@ class RLAIFVConfig:
         claims (ClaimsConfig): the divide step.
         feedback (FeedbackConfig): the conquer step.
         pairs (PairConfig): pair construction (margin, cap per prompt, length balancing).
-        dpo (DPOSettings): QLoRA DPO settings of every round (toy defaults: lr 1e-3, 2 epochs,
-            SFT weight 1.0).
+        dpo (DPOSettings): QLoRA DPO settings of every round (``dpo.toy_dpo_settings()``: lr 1e-3,
+            2 epochs, SFT weight 1.0).
         eval_scenes (int, defaults to 200): size of the fixed held-out evaluation set.
         best_of_n (int, defaults to 8): candidates per prompt for inference-time guidance (0 = skip).
         best_of_n_prompts (int, defaults to 100): held-out prompts used for best-of-N.
@@ -97,7 +90,7 @@ class RLAIFVConfig:
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
     feedback: FeedbackConfig = field(default_factory=lambda: FeedbackConfig(batch_size=256))
     pairs: PairConfig = field(default_factory=PairConfig)
-    dpo: DPOSettings = field(default_factory=_toy_dpo)
+    dpo: DPOSettings = field(default_factory=toy_dpo_settings)
     eval_scenes: int = 200
     best_of_n: int = 8
     best_of_n_prompts: int = 100
