@@ -6,7 +6,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pipeline import RLAIFVConfig
 
 __all__ = ["main"]
 
@@ -85,7 +88,7 @@ def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = No
     return "\n".join(lines)
 
 
-def _run_config(args: argparse.Namespace) -> Any:
+def _run_config(args: argparse.Namespace) -> RLAIFVConfig:
     """The ``RLAIFVConfig`` of ``rlaifv demo`` and ``rlaifv round`` (defaults, with the flags applied)."""
     from .dpo import toy_dpo_settings
     from .pipeline import RLAIFVConfig

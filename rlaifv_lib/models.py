@@ -458,6 +458,3 @@ def chat_prompt(processor: Any, text: str, with_image: bool = True) -> str:
         )
     content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-
-
-# ---------------------------------------------------------------- memory estimates

@@ -45,7 +45,7 @@ from .guidance import GuidanceConfig, compare_selections, score_for_guidance
 from .hallucination import EvalConfig, chair, evaluate_policy
 from .models import load_model, resolve_model
 from .pairs import PairConfig, build_pairs, pair_stats, to_trl_dataset
-from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, read_json, read_jsonl, write_json, write_jsonl
+from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, read_json, read_jsonl, remove_stale_temporaries, write_json, write_jsonl
 from .sampling import SamplingConfig, sample_candidates
 from .toyworld.grammar import INSTRUCTIONS
 from .toyworld.render import render_scene
@@ -123,7 +123,7 @@ class RLAIFVRun:
         self.cfg = cfg or RLAIFVConfig()
         self.progress = progress
         self._check_or_write_header()
-        self._remove_stale_temporaries()
+        remove_stale_temporaries(self.dir)  # what a killed run's atomic writes left behind; never read
         self._eval = evaluation_scenes(self.cfg.eval_scenes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._labeler = None
@@ -149,12 +149,6 @@ class RLAIFVRun:
         else:
             write_json(header, want)
             self._written(header)
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete the hidden ``.<artifact>.*.tmp`` files an atomic write leaves when its process is killed."""
-        for tmp in self.dir.rglob(".*.tmp"):
-            if tmp.is_file():
-                tmp.unlink()
 
     def _written(self, path: Path) -> None:
         """Called after each artifact is written: the ``RLAIFV_KILL_AFTER`` test hook (a no-op unless set)."""

@@ -276,9 +276,9 @@ def pair_outcome_bars(summaries: Mapping[str, Mapping[str, Any]], title: str = "
     names = list(summaries)
     for i, name in enumerate(names):
         left = 0.0
-        for key, colour in _OUTCOME_COLOURS.items():
-            share = summaries[name]["outcomes"].get(key) or 0.0
-            ax.barh(i, share, left=left, color=colour, label=key.replace("_", " ") if i == 0 else None)
+        for key, share in summaries[name]["outcomes"].items():  # in audit.PAIR_OUTCOMES order
+            share = share or 0.0
+            ax.barh(i, share, left=left, color=_OUTCOME_COLOURS.get(key), label=key.replace("_", " ") if i == 0 else None)
             if share >= 0.06:
                 ax.text(left + share / 2, i, f"{share:.0%}", ha="center", va="center", fontsize=8)
             left += share

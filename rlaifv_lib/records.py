@@ -25,6 +25,7 @@ __all__ = [
     "ScoredCandidate",
     "PreferencePair",
     "atomic_write_text",
+    "remove_stale_temporaries",
     "write_jsonl",
     "read_jsonl",
     "write_json",
@@ -118,11 +119,22 @@ class PreferencePair:
 T = TypeVar("T")
 
 
+_TMP_SUFFIX = ".tmp"  # atomic_write_text's temporaries: ".<name>.<random>.tmp" beside the target
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporaries that killed atomic writes left anywhere under ``folder``; returns how many."""
+    stale = [p for p in Path(folder).rglob(f".*{_TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

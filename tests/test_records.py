@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlaifv_lib.errors import ArtifactError
-from rlaifv_lib.records import Candidate, read_json, read_jsonl, write_json, write_jsonl
+from rlaifv_lib.records import Candidate, read_json, read_jsonl, remove_stale_temporaries, write_json, write_jsonl
 
 
 def test_round_trip(tmp_path):
@@ -33,3 +33,15 @@ def test_json_errors_name_the_file(tmp_path):
         read_json(tmp_path / "m.json")
     write_json(tmp_path / "ok.json", {"a": 1})
     assert read_json(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_remove_stale_temporaries_keeps_finished_files(tmp_path):
+    write_json(tmp_path / "round_1" / "eval.json", {"chair_i": 0.1})
+    stale = [tmp_path / ".summary.json.ab12cd.tmp", tmp_path / "round_1" / ".claims.jsonl.x9.tmp"]
+    for p in stale:
+        p.write_text('{"half": ')  # what a SIGKILL inside atomic_write_text leaves
+    (tmp_path / "notes.tmp").write_text("not hidden: not ours")
+    assert remove_stale_temporaries(tmp_path) == 2
+    assert not any(p.exists() for p in stale)
+    assert read_json(tmp_path / "round_1" / "eval.json") == {"chair_i": 0.1} and (tmp_path / "notes.tmp").exists()
+    assert remove_stale_temporaries(tmp_path) == 0
