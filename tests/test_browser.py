@@ -131,6 +131,21 @@ def _accept_dialogs(page) -> None:
         page.wait_for_timeout(500)
 
 
+def _click(page, selector: str, tries: int = 4) -> None:
+    """Click ``selector``, first accepting any JupyterLab dialog: "Select Kernel" can open at any moment
+    until the kernel connects (seen once under load, between an accept and the next click)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for attempt in range(tries):
+        _accept_dialogs(page)
+        try:
+            page.click(selector, timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == tries - 1:
+                raise
+
+
 def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1):
     """Open a notebook, click Run > Run All Cells, wait until ``count`` elements match ``selector``."""
     _start_session(url, notebook)
@@ -147,9 +162,8 @@ def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1):
             idle_checks = 0 if page.evaluate(busy) else idle_checks + 1
             if clicks == 0 or idle_checks >= 4:  # nothing running and no inspector yet: (re)start Run All
                 assert clicks < 3, "Run All Cells did not start the notebook three times"
-                _accept_dialogs(page)
-                page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-                page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+                _click(page, ".lm-MenuBar-itemLabel:text-is('Run')")
+                _click(page, ".lm-Menu-item[data-command='runmenu:run-all']")
                 clicks, idle_checks = clicks + 1, 0
             page.wait_for_timeout(2000)
         page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
