@@ -61,7 +61,8 @@ _NOT_LANGUAGE = ("vision_tower", "vision_model", "visual", "multi_modal_projecto
 
 @dataclass
 class DPOSettings:
-    """Settings of one QLoRA DPO run (defaults sized for the toy world on a laptop CPU).
+    """Settings of one QLoRA DPO run (defaults: the official β, schedule and LoRA dropout with a toy-sized step;
+    ``toy_dpo_settings()`` is the recipe calibrated for the toy world, a preset's ``dpo_settings()`` for its model).
 
     Args:
         beta (float, defaults to 0.1): DPO temperature; strength of the pull towards the reference (official 0.1).
@@ -143,13 +144,16 @@ class DPOSettings:
 
 
 def toy_dpo_settings(**overrides: Any) -> DPOSettings:
-    """The DPO settings calibrated for the toy world and used by ``rlaifv demo``: lr 1e-3, 2 epochs, SFT weight 1.0.
+    """The DPO settings calibrated for the toy world and used by ``rlaifv demo``: the "toy-policy" preset's
+    (lr 1e-3, 2 epochs, SFT weight 1.0, LoRA r = alpha = 16).
 
     A larger step than the official LoRA run (1e-5 on a 7B model) and an SFT term on the chosen
     responses (official weight 0), which kept the 1M-parameter policy from drifting into repeated,
     degenerate sentences (README, Results). ``overrides`` replace any field.
     """
-    return DPOSettings(**{"learning_rate": 1e-3, "epochs": 2.0, "sft_weight": 1.0, **overrides})
+    from .models import get_preset
+
+    return get_preset("toy-policy").dpo_settings(**overrides)
 
 
 @dataclass

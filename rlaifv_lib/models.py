@@ -109,6 +109,8 @@ class ModelPreset:
             adapters; None lets ``rlaifv_lib.dpo`` pick every decoder linear layer.
         dpo_beta (float, defaults to 0.1): DPO beta (official 0.1).
         dpo_learning_rate (float, defaults to 1e-5): LoRA learning rate (official LoRA run on a 7B model).
+        dpo_epochs (float, defaults to 2.0): passes over each round's pairs (official: 4 per round).
+        dpo_sft_weight (float, defaults to 0.0): weight of the SFT term on the chosen responses (official 0).
         lora_r (int, defaults to 64): LoRA rank (official LoRA run).
         lora_alpha (int, defaults to 16): LoRA alpha (official LoRA run).
         question_suffix (str, defaults to YES_NO_SUFFIX): appended to every labeler question.
@@ -125,6 +127,8 @@ class ModelPreset:
     lora_target_modules: str | None = LANGUAGE_LORA_TARGETS
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 1e-5
+    dpo_epochs: float = 2.0
+    dpo_sft_weight: float = 0.0
     lora_r: int = 64
     lora_alpha: int = 16
     question_suffix: str = YES_NO_SUFFIX
@@ -141,10 +145,11 @@ class ModelPreset:
         return LoadOptions(**{"max_pixels": self.max_pixels, **overrides})
 
     def dpo_settings(self, **overrides: Any) -> Any:
-        """``rlaifv_lib.dpo.DPOSettings`` with this preset's beta, learning rate and LoRA shape."""
+        """``rlaifv_lib.dpo.DPOSettings`` with this preset's beta, learning rate, epochs, SFT weight and LoRA shape."""
         from .dpo import DPOSettings
 
-        base = dict(beta=self.dpo_beta, learning_rate=self.dpo_learning_rate, lora_r=self.lora_r, lora_alpha=self.lora_alpha, target_modules=self.lora_target_modules)
+        base = dict(beta=self.dpo_beta, learning_rate=self.dpo_learning_rate, epochs=self.dpo_epochs, sft_weight=self.dpo_sft_weight,
+                    lora_r=self.lora_r, lora_alpha=self.lora_alpha, target_modules=self.lora_target_modules)  # fmt: skip
         return DPOSettings(**{**base, **overrides})
 
     def feedback_config(self, **overrides: Any) -> Any:
@@ -165,8 +170,8 @@ def _qwen_vl(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: i
 
 
 _PRESET_LIST = [
-    ModelPreset("toy-policy", str(TOY_POLICY), "policy", "toy", None, dpo_learning_rate=3e-4, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="0.8M params; any CPU"),
-    ModelPreset("toy-labeler", str(TOY_LABELER), "policy", "toy", None, dpo_learning_rate=3e-4, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="toy size; any CPU"),
+    ModelPreset("toy-policy", str(TOY_POLICY), "policy", "toy", None, dpo_learning_rate=1e-3, dpo_sft_weight=1.0, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="0.8M params; any CPU"),
+    ModelPreset("toy-labeler", str(TOY_LABELER), "policy", "toy", None, dpo_learning_rate=1e-3, dpo_sft_weight=1.0, lora_r=16, lora_alpha=16, question_suffix="", memory_hint="toy size; any CPU"),
     ModelPreset(
         "llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "policy", "llava",
         memory_hint="7.1B params; weights ~13 GiB in bf16, ~3.5 GiB in 4-bit; QLoRA DPO ~7 GiB at batch 1 (+CUDA overhead)",

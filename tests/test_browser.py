@@ -30,6 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_TIMEOUT_MS = 240_000  # a notebook's "Run all" in the browser (about 1-2 minutes on 2 CPU cores)
 IDLE = ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
+KERNEL = ".jp-NotebookPanel-toolbar [data-jp-item-name='kernelName']"
 SETTINGS = {  # keep every cell in the DOM, and no news pop-up
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
@@ -128,49 +129,64 @@ def _accept_dialogs(page) -> None:
         for select in dialog.locator("select").all():
             select.select_option(label="Python 3 (ipykernel)")
         dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
-        page.wait_for_timeout(500)
+        dialog.wait_for(state="detached", timeout=15_000)
 
 
-def _click(page, selector: str, tries: int = 4) -> None:
-    """Click ``selector``, first accepting any JupyterLab dialog: "Select Kernel" can open at any moment
-    until the kernel connects (seen once under load, between an accept and the next click)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-
-    for attempt in range(tries):
-        _accept_dialogs(page)
-        try:
-            page.click(selector, timeout=10_000)
-            return
-        except PlaywrightTimeoutError:
-            if attempt == tries - 1:
-                raise
-
-
-def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1):
-    """Open a notebook, click Run > Run All Cells, wait until ``count`` elements match ``selector``."""
-    _start_session(url, notebook)
+def _open(browser, url: str, notebook: str):
+    """A page showing ``notebook`` with its kernel connected and idle, no dialog open (raises after 120 s)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{url}/lab/tree/{notebook}?reset", wait_until="domcontentloaded")  # ?reset: only this notebook open
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector(IDLE, timeout=60_000)
+    ready = f"!document.querySelector('.jp-Dialog') && !!document.querySelector(\"{IDLE}\") && document.querySelector(\"{KERNEL}\")?.innerText.includes('Python 3')"
+    deadline = time.monotonic() + 120
+    while not page.evaluate(ready):
+        assert time.monotonic() < deadline, f"the kernel of {notebook} did not connect within 120 s"
+        _accept_dialogs(page)  # JupyterLab asks for a kernel when it has not yet listed the session started for it
+        page.wait_for_timeout(500)
+    return page
+
+
+def _run_once(page, selector: str, count: int) -> str:
+    """Click Run > Run All Cells once; wait until ``count`` elements match ``selector`` ("done"), or say what went wrong."""
     done = f"document.querySelectorAll('{selector}').length >= {count}"
     busy = "[...document.querySelectorAll('.jp-InputPrompt')].some(e => e.innerText.includes('*'))"
-    deadline, clicks, idle_checks = time.monotonic() + RUN_TIMEOUT_MS / 1000, 0, 0
-    try:
-        while not page.evaluate(done):
-            assert time.monotonic() < deadline, f"{selector} did not render within {RUN_TIMEOUT_MS / 1000:.0f} s"
-            idle_checks = 0 if page.evaluate(busy) else idle_checks + 1
-            if clicks == 0 or idle_checks >= 4:  # nothing running and no inspector yet: (re)start Run All
-                assert clicks < 3, "Run All Cells did not start the notebook three times"
-                _click(page, ".lm-MenuBar-itemLabel:text-is('Run')")
-                _click(page, ".lm-Menu-item[data-command='runmenu:run-all']")
-                clicks, idle_checks = clicks + 1, 0
-            page.wait_for_timeout(2000)
-        page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
-    except Exception:
+    lost = "[...document.querySelectorAll('.jp-OutputArea-output')].some(e => e.innerText.includes('model not found'))"
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=10_000)
+    page.click(".lm-Menu-item[data-command='runmenu:run-all']", timeout=10_000)
+    deadline, idle_checks = time.monotonic() + RUN_TIMEOUT_MS / 1000, 0
+    while not page.evaluate(done):
+        if time.monotonic() > deadline:
+            return f"{selector} did not render within {RUN_TIMEOUT_MS / 1000:.0f} s"
+        idle_checks = 0 if page.evaluate(busy) else idle_checks + 1
+        if idle_checks >= 4:  # nothing running for 8 s and no inspector
+            return "widget model not found (ipywidgets missed the kernel)" if page.evaluate(lost) else "Run All Cells ran nothing"
+        page.wait_for_timeout(2000)
+    page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+    return "done"
+
+
+def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1, tries: int = 3):
+    """Open a notebook, Run All Cells, and return the page once ``count`` elements match ``selector``.
+
+    Under load JupyterLab 4 sometimes opens a kernel dialog, or its widget manager misses the kernel and every
+    widget says "model not found" (jupyter-widgets/ipywidgets#3823); a fresh page then attaches to the same kernel."""
+    _start_session(url, notebook)
+    failures = []
+    for attempt in range(tries):
+        page = _open(browser, url, notebook)
+        try:
+            outcome = _run_once(page, selector, count)
+        except Exception as e:  # a click intercepted or timed out: record it and try a fresh page
+            outcome = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        if outcome == "done":
+            break
+        failures.append(outcome)
+        print(f"attempt {attempt + 1}: {outcome}")
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{Path(notebook).stem}_failure.png"), full_page=True)
-        raise
+        page.screenshot(path=str(ARTIFACTS / f"{Path(notebook).stem}_failure_{attempt + 1}.png"), full_page=True)
+        page.close()
+    else:
+        pytest.fail(f"{notebook}: no inspector after {tries} tries: {failures}")
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] :text('Traceback')")
     assert errors.count() == 0, "a cell raised an error"
     return page
