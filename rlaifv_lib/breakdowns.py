@@ -10,7 +10,8 @@ plain dicts and lists out, ready for ``plots.breakdown_bars`` or a table.
 
 Two helpers show *why* (notebook 00): :func:`cooccurrence_matrix` measures the co-occurrence
 prior of a set of scenes, and :func:`mark_hallucinations` brackets the absent objects a
-response names.
+response names. :func:`unclaimed_sentences` counts the sentences that name no shape: they give
+the decomposer no claim, so the feedback can never reject them (notebook 06).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .toyworld.grammar import Mention, parse_description
+from .toyworld.grammar import Mention, parse_description, toy_sentences
 from .toyworld.scenes import PARTNERS, SHAPES, Scene
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "by_claim_kind",
     "by_length",
     "breakdown_all",
+    "unclaimed_sentences",
     "cooccurrence_matrix",
     "mark_hallucinations",
 ]
@@ -154,6 +156,19 @@ def breakdown_all(texts: Sequence[str], scenes: Sequence[Scene], edges: Sequence
         "kind": by_claim_kind(texts, scenes),
         "length": by_length(texts, scenes, edges),
     }
+
+
+def unclaimed_sentences(texts: Sequence[str], max_examples: int = 3) -> dict:
+    """Sentences naming no shape (no claim to check, so never rejected): counts, rate, responses with one, examples."""
+    n_sentences, unclaimed, responses = 0, [], 0
+    for text in texts:
+        sentences = toy_sentences(text.lower())
+        bare = [s for s in sentences if not any(w in SHAPES for w in s.split())]
+        n_sentences += len(sentences)
+        unclaimed += bare
+        responses += bool(bare)
+    return {"n_sentences": n_sentences, "n_unclaimed": len(unclaimed), "rate": _rate(len(unclaimed), n_sentences),
+            "n_responses": len(texts), "responses_with_one": responses, "examples": unclaimed[:max_examples]}  # fmt: skip
 
 
 def cooccurrence_matrix(scenes: Sequence[Scene], shapes: Sequence[str] = SHAPES) -> list[list[float]]:

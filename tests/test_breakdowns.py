@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlaifv_lib.breakdowns import breakdown_all, by_claim_kind, by_length, by_object, by_position, cooccurrence_matrix, mark_hallucinations
+from rlaifv_lib.breakdowns import breakdown_all, by_claim_kind, by_length, by_object, by_position, cooccurrence_matrix, mark_hallucinations, unclaimed_sentences
+from rlaifv_lib.claims import ToyDecomposer
+from rlaifv_lib.records import Candidate
 from rlaifv_lib.toyworld.grammar import describe, parse_description
 from rlaifv_lib.toyworld.scenes import PARTNERS, SHAPES, Scene, ToyObject, sample_scenes
 
@@ -111,3 +113,14 @@ def test_mark_hallucinations():
     assert mark_hallucinations("a square circle . squares", A, "<", ">") == "a <square> circle . squares"
     marked = mark_hallucinations(TEXTS[1] + " is there a ring ? the bar", B)
     assert marked.count("[") == sum(m.shape not in B.shapes for m in parse_description(TEXTS[1] + " is there a ring ? the bar"))
+
+
+def test_unclaimed_sentences_are_the_ones_without_claims():
+    texts = ["there is a red circle . there is a large blue at the bottom right .", "there is a star ? it is nice .", "", describe(A)]
+    out = unclaimed_sentences(texts, max_examples=1)
+    assert (out["n_sentences"], out["n_unclaimed"], out["responses_with_one"], out["n_responses"]) == (4 + len(parse_description(describe(A))), 2, 2, 4)
+    assert out["rate"] == 2 / out["n_sentences"] and out["examples"] == ["there is a large blue at the bottom right"]
+    # exactly the sentences the toy decomposer draws no claim from
+    claimed = {c.sentence for c in ToyDecomposer().decompose(Candidate("p", 0, texts[0]))}
+    assert claimed == {0}
+    assert unclaimed_sentences([])["rate"] == 0.0 and unclaimed_sentences([describe(A)])["n_unclaimed"] == 0

@@ -20,6 +20,7 @@ __all__ = [
     "describe",
     "noisy_caption",
     "parse_description",
+    "toy_sentences",
     "existence_question",
     "where_question",
     "where_answer",
@@ -100,11 +101,15 @@ def noisy_caption(scene: Scene, rng: random.Random, cfg: WorldConfig) -> str:
     return " ".join(body)
 
 
+def toy_sentences(text: str) -> list[str]:
+    """The non-empty sentences of a toy text, split at "." and "?", without their end marks."""
+    return [s.strip() for s in text.replace("?", ".").split(".") if s.strip()]
+
+
 def parse_description(text: str) -> list[Mention]:
     """Every object mention of a toy description; sentences naming no shape are skipped."""
     mentions = []
-    sentences = [s.strip() for s in text.replace("?", ".").split(".")]
-    for i, sent in enumerate(s for s in sentences if s):
+    for i, sent in enumerate(toy_sentences(text)):
         words = sent.split()
         idx = [j for j, w in enumerate(words) if w in SHAPES]
         if not idx:
