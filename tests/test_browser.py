@@ -2,8 +2,8 @@
 
 A JupyterLab server (no token, 127.0.0.1, a free port, temporary runtime/settings/workspace folders)
 serves *copies* of notebooks 02 and 04, so the committed notebooks never get outputs saved into
-them. Each notebook is opened, "Run All Cells" is clicked in the Run menu, and once its inspector
-has rendered the test checks the image, the coloured claims or both responses of a pair, that
+them. Each notebook is opened, "Run All Cells" is clicked in the Run menu (on a fresh page, up to
+three times, if JupyterLab stalls), and once its inspector has rendered the test checks the image, the coloured claims or both responses of a pair, that
 "next" shows a different item and that changing the filter changes what is shown. Screenshots go
 to ``test-artifacts/`` (gitignored). Skips, saying why, when Chromium or Playwright is missing.
 """
@@ -132,9 +132,8 @@ def _accept_dialogs(page) -> None:
         dialog.wait_for(state="detached", timeout=15_000)
 
 
-def _open(browser, url: str, notebook: str):
-    """A page showing ``notebook`` with its kernel connected and idle, no dialog open (raises after 120 s)."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+def _open(page, url: str, notebook: str) -> None:
+    """Show ``notebook`` in ``page`` and wait until its kernel is connected and idle, no dialog open (raises after 120 s)."""
     page.goto(f"{url}/lab/tree/{notebook}?reset", wait_until="domcontentloaded")  # ?reset: only this notebook open
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     ready = f"!document.querySelector('.jp-Dialog') && !!document.querySelector(\"{IDLE}\") && document.querySelector(\"{KERNEL}\")?.innerText.includes('Python 3')"
@@ -143,7 +142,6 @@ def _open(browser, url: str, notebook: str):
         assert time.monotonic() < deadline, f"the kernel of {notebook} did not connect within 120 s"
         _accept_dialogs(page)  # JupyterLab asks for a kernel when it has not yet listed the session started for it
         page.wait_for_timeout(500)
-    return page
 
 
 def _run_once(page, selector: str, count: int) -> str:
@@ -173,10 +171,11 @@ def _run_all(browser, url: str, notebook: str, selector: str, count: int = 1, tr
     _start_session(url, notebook)
     failures = []
     for attempt in range(tries):
-        page = _open(browser, url, notebook)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
+            _open(page, url, notebook)
             outcome = _run_once(page, selector, count)
-        except Exception as e:  # a click intercepted or timed out: record it and try a fresh page
+        except Exception as e:  # a dialog that stays, a click intercepted or timed out: record it, try a fresh page
             outcome = f"{type(e).__name__}: {str(e).splitlines()[0]}"
         if outcome == "done":
             break
