@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 def _print_metrics(m: dict) -> None:
-    keys = ["chair_i", "chair_s", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy", "labeler_accuracy"]
+    keys = ["chair_i", "chair_s", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy", "labeler_accuracy", "unclaimed_rate"]
     for k in keys:
         if k in m:
             print(f"  {k:<22} {m[k]:.3f}")

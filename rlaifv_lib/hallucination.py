@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .breakdowns import unclaimed_sentences
 from .feedback import FeedbackConfig, yes_no_probs
 from .records import Prompt
 from .sampling import SamplingConfig, sample_candidates
@@ -109,6 +110,8 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     ``self_check_accuracy``: the policy's own verdicts on the object (existence) claims of its own
     descriptions, against the truth. ``labeler_accuracy``: the labeler's verdicts (the policy
     itself unless ``labeler`` is given) on *every* toy claim of those descriptions.
+    ``unclaimed_rate``: the share of their sentences that name no shape, which no claim checks
+    (``breakdowns.unclaimed_sentences``).
     """
     from .claims import ToyDecomposer  # local: claims imports this module's neighbours
 
@@ -119,6 +122,7 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     cands = sample_candidates(model, processor, prompts, scfg, progress=progress)
     texts = [c.text for c in cands]
     metrics: dict[str, Any] = chair(texts, [s.shapes for s in scenes])
+    metrics["unclaimed_rate"] = unclaimed_sentences(texts)["rate"]
     fcfg = FeedbackConfig(batch_size=cfg.batch_size)
     metrics["yes_no_accuracy"] = yes_no_accuracy(model, processor, scenes, images, fcfg)
     claims = ToyDecomposer().decompose_all(cands, progress=False)
