@@ -163,7 +163,8 @@ def unclaimed_sentences(texts: Sequence[str], max_examples: int = 3) -> dict:
     n_sentences, unclaimed, responses = 0, [], 0
     for text in texts:
         sentences = toy_sentences(text.lower())
-        bare = [s for s in sentences if not any(w in SHAPES for w in s.split())]
+        claimed = {m.sentence for m in parse_description(text.lower())}  # the sentences with a mention
+        bare = [s for i, s in enumerate(sentences) if i not in claimed]
         n_sentences += len(sentences)
         unclaimed += bare
         responses += bool(bare)
