@@ -13,6 +13,9 @@ decomposers share one interface (:class:`Decomposer`):
   (b) rewrite each fact as a yes/no question keeping negations and tense.
 
 Questions carry no "Please answer yes or no." suffix; ``FeedbackConfig.question_suffix`` adds it.
+Every claim records ``span``, the [start, end) characters of the response it came from (the toy
+sentence, the rule-based clause, or the response sentence an LLM fact matches best), so a widget can
+mark exactly that text.
 A response with no claims yields ``[]``; the feedback step then gives it no score.
 """
 
@@ -40,6 +43,8 @@ __all__ = [
     "RuleBasedDecomposer",
     "LLMDecomposer",
     "make_decomposer",
+    "toy_sentence_spans",
+    "sentence_spans",
     "split_sentences",
     "split_conjunctions",
     "rule_question",
@@ -113,7 +118,7 @@ class Decomposer(ABC):
 
     @abstractmethod
     def _raw_claims(self, text: str) -> list[dict]:
-        """Claim fields (text, question, kind, target, sentence, value) of one non-empty response."""
+        """Claim fields (text, question, kind, target, sentence, value, span) of one non-empty response."""
 
     def decompose(self, candidate: Candidate) -> list[Claim]:
         """The claims of one candidate; ``EmptyResponseError`` if its text is empty."""
@@ -154,22 +159,39 @@ class ToyDecomposer(Decomposer):
     """
 
     def _raw_claims(self, text: str) -> list[dict]:
-        """Existence and attribute claims of every mention, in reading order."""
+        """Existence and attribute claims of every mention, in reading order; each spans its sentence."""
         out: list[dict] = []
+        spans = toy_sentence_spans(text)  # numbered as parse_description numbers sentences
         for m in parse_description(text.lower()):
-            out.append(_raw(f"there is a {m.shape}", existence_question(m.shape), "existence", m.shape, m.sentence))
+            sp = spans[m.sentence]
+            out.append(_raw(f"there is a {m.shape}", existence_question(m.shape), "existence", m.shape, m.sentence, span=sp))
             for kind in self.cfg.attributes:
                 value = getattr(m, kind)
                 if value is not None:
                     said = PLACE_PHRASES[value] if kind == "position" else value
                     question = attribute_question(m.shape, kind, value)
-                    out.append(_raw(f"the {m.shape} is {said}", question, kind, m.shape, m.sentence, value))
+                    out.append(_raw(f"the {m.shape} is {said}", question, kind, m.shape, m.sentence, value, sp))
         return out
 
 
-def _raw(text: str, question: str, kind: str, target: str | None, sentence: int, value: str | None = None) -> dict:
+Span = tuple[int, int]
+
+
+def _raw(text: str, question: str, kind: str, target: str | None, sentence: int, value: str | None = None, span: Span | None = None) -> dict:
     """The fields of one claim, without its ids."""
-    return dict(text=text, question=question, kind=kind, target=target, sentence=sentence, value=value)
+    return dict(text=text, question=question, kind=kind, target=target, sentence=sentence, value=value, span=span)
+
+
+def _stripped(text: str, start: int, end: int, chars: str | None = None) -> Span | None:
+    """[start, end) of ``text`` without leading and trailing ``chars`` (whitespace by default); None if empty."""
+    piece = text[start:end]
+    a, b = start + len(piece) - len(piece.lstrip(chars)), end - (len(piece) - len(piece.rstrip(chars)))
+    return (a, b) if b > a else None
+
+
+def toy_sentence_spans(text: str) -> list[Span]:
+    """Spans of the sentences of a toy text, numbered as ``grammar.toy_sentences`` (and ``Mention.sentence``) count them."""
+    return [sp for m in re.finditer(r"[^.?]+", text) if (sp := _stripped(text, m.start(), m.end()))]
 
 
 # ---------------------------------------------------------------- rule-based (free English)
@@ -181,23 +203,53 @@ _AUX_Q = {"is": "Is", "are": "Are", "was": "Was", "were": "Were", "can": "Can", 
 _HAVE_Q = {"has": "Does", "have": "Do", "had": "Did"}
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# a "." after these ends no sentence: titles, Latin short forms, single initials ("J. Smith")
+_ABBREVIATION = re.compile(r"(?:^|[^\w.])(?:(?i:mr|mrs|ms|dr|prof|st|vs|approx|fig|e\.g|i\.e)|[A-Z])\.$")
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """Spans of the sentences of free text: a sentence ends at . ! ? before a space (not after "Dr.", "e.g.", "J.") or at a newline."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        if "\n" not in m.group() and _ABBREVIATION.search(text[max(0, m.start() - 8) : m.start()]):
+            continue
+        if sp := _stripped(text, start, m.start()):
+            spans.append(sp)
+        start = m.end()
+    if sp := _stripped(text, start, len(text)):
+        spans.append(sp)
+    return spans
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a text, split after . ! ? followed by a space or the end (also at newlines)."""
-    parts = re.split(r"(?<=[.!?])\s+|\n+", text.strip())
-    return [p.strip() for p in parts if p.strip()]
+    """Sentences of a text, as :func:`sentence_spans` delimits them."""
+    return [text[a:b] for a, b in sentence_spans(text)]
+
+
+def _conjunction_parts(clause: str) -> list[tuple[str, Span]]:
+    """Clauses of "A and B" with the span of each one's own words in ``clause`` (see :func:`split_conjunctions`)."""
+    bounds, start = [], 0
+    for m in re.finditer(r",?\s+and\s+|;\s*", clause):
+        bounds.append((start, m.start()))
+        start = m.end()
+    spans = [sp for a, b in [*bounds, (start, len(clause))] if (sp := _stripped(clause, a, b, " ,;"))]
+    texts = [clause[a:b] for a, b in spans]
+    if len(spans) < 2:
+        return list(zip(texts, spans))
+    words = texts[0].split()
+    verb_at = next((i for i, w in enumerate(words) if w.lower() in _VERBS), None)
+    if verb_at is None:  # no recognisable verb: too risky to split
+        whole = _stripped(clause, 0, len(clause), " ,;")
+        return [(clause[whole[0] : whole[1]], whole)] if whole else []
+    prefix = " ".join(words[: verb_at + 1])
+    rest = [(t if any(w.lower() in _VERBS for w in t.split()) else f"{prefix} {t}", sp) for t, sp in zip(texts[1:], spans[1:])]
+    return [(texts[0], spans[0]), *rest]
 
 
 def split_conjunctions(clause: str) -> list[str]:
     """Split "A and B" into clauses; a part without a verb borrows the first part's "subject verb" prefix."""
-    parts = [p.strip(" ,;") for p in re.split(r",?\s+and\s+|;\s*", clause) if p.strip(" ,;")]
-    if len(parts) < 2:
-        return parts
-    words = parts[0].split()
-    verb_at = next((i for i, w in enumerate(words) if w.lower() in _VERBS), None)
-    if verb_at is None:  # no recognisable verb: too risky to split
-        return [clause.strip(" ,;")]
-    prefix = " ".join(words[: verb_at + 1])
-    return [parts[0]] + [p if any(w.lower() in _VERBS for w in p.split()) else f"{prefix} {p}" for p in parts[1:]]
+    return [t for t, _ in _conjunction_parts(clause)]
 
 
 def _lower_first(text: str) -> str:
@@ -238,14 +290,15 @@ class RuleBasedDecomposer(Decomposer):
     """
 
     def _raw_claims(self, text: str) -> list[dict]:
-        """One "fact" claim per clause of every declarative sentence."""
+        """One "fact" claim per clause of every declarative sentence; each spans its clause's own words."""
         out: list[dict] = []
-        for i, sent in enumerate(split_sentences(text)):
+        for i, (a, b) in enumerate(sentence_spans(text)):
+            sent = text[a:b]
             if sent.endswith("?"):
                 continue
-            for clause in split_conjunctions(sent.rstrip(".!;: ")):
+            for clause, (ca, cb) in _conjunction_parts(sent.rstrip(".!;: ")):
                 if len(clause.split()) >= 2:
-                    out.append(_raw(clause, rule_question(clause), "fact", None, i))
+                    out.append(_raw(clause, rule_question(clause), "fact", None, i, span=(a + ca, a + cb)))
         return out
 
 
@@ -301,14 +354,44 @@ def parse_question_output(output: str) -> str | None:
     return None
 
 
+_FUNCTION_WORDS = set(_VERBS) | _DETERMINERS | _PRONOUNS | {"of", "in", "on", "at", "to", "with", "and", "or", "by", "for", "from", "not", "no"}
+
+
+def _content_words(words: list[str]) -> set[str]:
+    """Content words (function words left out), each cut to 5 letters so "sleeps" meets "sleeping"."""
+    return {w[:5] for w in words if w not in _FUNCTION_WORDS}
+
+
+def _content_sentences(text: str) -> list[tuple[Span, set[str]]]:
+    """Each sentence span of a response with its content words."""
+    return [((a, b), _content_words(re.findall(r"[a-z0-9]+", text[a:b].lower()))) for a, b in sentence_spans(text)]
+
+
+def _locate(fact: str, sentences: list[tuple[Span, set[str]]]) -> tuple[int, Span | None]:
+    """(index, span) of the sentence best matching ``fact``; (-1, None) when none shares a content word.
+
+    A sentence scores one per content word it shares with the fact, two for a word after the fact's
+    first verb (the predicate: "The cat is black" comes from "It is black", not from "A cat sleeps",
+    whose subject the LLM copied in). The first sentence wins a tie.
+    """
+    words = re.findall(r"[a-z0-9]+", fact.lower())
+    verb = next((i for i, w in enumerate(words) if w in _VERBS), -1)
+    subject, predicate = _content_words(words[: verb + 1]), _content_words(words[verb + 1 :])
+    scores = [len(subject & ws) + 2 * len(predicate & ws) for _, ws in sentences]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i), default=None)
+    return (-1, None) if best is None or scores[best] == 0 else (best, sentences[best][0])
+
+
 class LLMDecomposer(Decomposer):
     """Decomposition by a prompted chat causal LM (Hugging Face model + tokenizer), greedy, batched.
 
     Pass (a) turns each response into a list of facts (``FACT_PROMPT``); pass (b) turns each
     fact into a yes/no question (``QUESTION_PROMPT``), one prompt per fact so that facts and
     questions never lose their alignment. If pass (b) gives nothing usable, the question comes
-    from :func:`rule_question`. Claims have kind "fact", no target; ``sentence`` is the fact's
-    line number in pass (a), as the LLM does not say which response sentence a fact came from.
+    from :func:`rule_question`. Claims have kind "fact", no target. The LLM does not say which
+    response sentence a fact came from, so ``sentence``/``span`` are those of the response sentence
+    (:func:`sentence_spans`) that best matches the fact (shared content words, the predicate's
+    counting double); a fact sharing no content word gets ``sentence`` -1 and no span.
     The pad token is set to the EOS token when the tokenizer has none.
 
     Args:
@@ -364,7 +447,14 @@ class LLMDecomposer(Decomposer):
         flat = [f for fs in facts for f in fs]
         q_out = self.generate([self.cfg.question_prompt.format(fact=f) for f in flat], progress, "divide: questions")
         questions = iter(parse_question_output(o) or rule_question(f) for f, (o, _) in zip(flat, q_out))
-        return [[_raw(f, next(questions), "fact", None, j) for j, f in enumerate(fs)] for fs in facts]
+        out = []
+        for text, fs in zip(texts, facts):
+            sentences, claims = _content_sentences(text), []
+            for f in fs:
+                sentence, span = _locate(f, sentences)
+                claims.append(_raw(f, next(questions), "fact", None, sentence, span=span))
+            out.append(claims)
+        return out
 
     def decompose_all(self, candidates: Sequence[Candidate], progress: bool = True) -> list[Claim]:
         """The claims of every candidate, both passes batched; empty responses give zero claims."""

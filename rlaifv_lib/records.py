@@ -68,8 +68,13 @@ class Claim:
     question: str
     kind: str = "fact"  # existence | colour | size | position | fact
     target: str | None = None  # the object the claim is about, when known
-    sentence: int = 0  # index of the sentence of the response it came from
+    sentence: int = 0  # index of the sentence of the response it came from (-1: not located)
     value: str | None = None  # the attribute value claimed (colour, size, position)
+    span: tuple[int, int] | None = None  # [start, end) of the response text it came from; None in files written before spans
+
+    def __post_init__(self) -> None:
+        if self.span is not None:  # JSON gives a list back
+            self.span = (int(self.span[0]), int(self.span[1]))
 
     @property
     def id(self) -> str:

@@ -1,13 +1,15 @@
 """Notebook inspectors for the records of RLAIF-V: claims with verdicts, and preference pairs.
 
 :class:`ClaimInspector` walks through scored candidates (divide-and-conquer feedback, Sec. 3.2):
-the image, the response with each claim's sentence coloured by the labeler's verdict, and a table
+the image, the response with the text of each claim coloured by the labeler's verdict, and a table
 of claims with their polar question, P(yes) and, in the toy world, the ground truth.
 :class:`PairInspector` walks through preference pairs (Sec. 3.2, pair construction): chosen and
 rejected side by side, their scores, margin and lengths, and the claims made by one and not the
 other. Both are ``ipywidgets.VBox`` subclasses with previous/next buttons and a filter dropdown;
 their current HTML (``.html``), position (``.index``) and filter (``.filter``) can be read and set
-from Python. Every piece of model text is HTML-escaped, so a response is always shown as text.
+from Python. Every piece of model text is HTML-escaped, so a response is always shown as text, and
+bidirectional-text controls (U+202A-U+202E, U+2066-U+2069, U+200E/U+200F, U+061C) are shown as visible
+``[U+202E]`` marks, so they cannot reorder what the learner reads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import html
 import io
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,7 +25,7 @@ import ipywidgets as widgets
 from PIL import Image
 
 from .audit import claim_truth
-from .claims import Decomposer, ToyDecomposer
+from .claims import Decomposer, ToyDecomposer, toy_sentence_spans
 from .feedback import score_candidates
 from .hallucination import toy_mentions
 from .images import load_image
@@ -31,16 +33,27 @@ from .pairs import word_length
 from .records import Candidate, Claim, PreferencePair, ScoredCandidate, Verdict
 from .toyworld.scenes import Scene
 
-__all__ = ["IMAGE_PX", "png_bytes", "split_display_sentences", "ClaimItem", "ClaimInspector", "PairInspector"]
+__all__ = ["IMAGE_PX", "png_bytes", "claim_span", "ClaimItem", "ClaimInspector", "PairInspector"]
 
 IMAGE_PX = 192  # shown size of the image; 48x48 toy images are upscaled 4x, pixel for pixel
 _GREEN, _RED, _GREY, _YELLOW = "#c8f0c8", "#f6c6c6", "#e4e4e4", "#fff0a8"
+_RESPONSE_STYLE = "font-family:monospace;margin:6px 0;line-height:1.7;white-space:pre-wrap"  # newlines shown
+# look of a piece of response text by rank: -1 no claim, 0 accepted, 1 unscored, 2 rejected
+_CLAIM_LOOK = {
+    -1: (None, "rlaifv-text"),
+    0: (_GREEN, "rlaifv-claim rlaifv-accepted", "all claims accepted"),
+    1: (_GREY, "rlaifv-claim rlaifv-unscored", "not scored"),
+    2: (_RED, "rlaifv-claim rlaifv-rejected", "a claim was rejected"),
+}
 _STYLE = "<style>.rlaifv-claims td,.rlaifv-claims th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}</style>"
 
 
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _e(text: Any) -> str:
-    """HTML-escaped ``str(text)``, quotes included."""
-    return html.escape(str(text), quote=True)
+    """HTML-escaped ``str(text)``, quotes included, bidi controls shown as visible "[U+202E]" marks."""
+    return _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", html.escape(str(text), quote=True))
 
 
 def png_bytes(image: Any, size: int = IMAGE_PX) -> bytes:
@@ -57,15 +70,34 @@ def png_bytes(image: Any, size: int = IMAGE_PX) -> bytes:
     return buf.getvalue()
 
 
-def split_display_sentences(text: str) -> list[str]:
-    """Sentences of a response with their end marks, numbered as ``Claim.sentence`` counts them."""
-    out: list[str] = []
-    for piece in re.findall(r"[^.!?]*[.!?]+|[^.!?]+$", text):
-        if piece.strip(" \n\t.!?") or not out:
-            out.append(piece)
-        else:
-            out[-1] += piece  # a lone mark ("..", " .") belongs to the sentence before it
-    return [s for s in out if s.strip()]
+def claim_span(claim: Claim, text: str, toy_spans: list[tuple[int, int]] | None = None) -> tuple[int, int] | None:
+    """The [start, end) of ``text`` a claim came from: its recorded span, else (older files) its toy sentence's; None if unknown."""
+    if claim.span is not None:
+        return max(0, claim.span[0]), min(len(text), claim.span[1])
+    spans = toy_sentence_spans(text) if toy_spans is None else toy_spans
+    return spans[claim.sentence] if 0 <= claim.sentence < len(spans) else None
+
+
+def _pieces(n: int, marks: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(start, end, rank) pieces covering 0..n: the highest rank of the marks covering each piece, -1 where none does.
+
+    One sweep over the sorted mark ends: O(k log k) for k marks, whatever the text's length.
+    """
+    marks = [(a, b, r) for a, b, r in marks if a < b]
+    events = sorted([(a, 1, r) for a, _, r in marks] + [(b, -1, r) for _, b, r in marks] + [(n, 0, -1)])
+    live: Counter = Counter()
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    for x, delta, rank in events:
+        if x > pos:
+            top = max((r for r, c in live.items() if c > 0), default=-1)
+            if out and out[-1][2] == top:  # same look as the piece before: extend it
+                out[-1] = (out[-1][0], x, top)
+            else:
+                out.append((pos, x, top))
+            pos = x
+        live[rank] += delta
+    return out
 
 
 def _span(text: str, colour: str | None, cls: str, title: str = "") -> str:
@@ -206,8 +238,8 @@ class _Inspector(widgets.VBox):
 class ClaimInspector(_Inspector):
     """Scored candidates one by one: image, response coloured by verdict, claims table, truth.
 
-    Sentences are green when the labeler accepted all their claims, red when it rejected one, grey
-    when unscored. With scenes, a "truth" column shows the real answer and marks verdicts that
+    The text each claim came from (``Claim.span``, for every decomposer) is green when the labeler
+    accepted every claim made from it, red when it rejected one, grey when one is unscored. With scenes, a "truth" column shows the real answer and marks verdicts that
     contradict it. Filters: all / disagreements with truth / rejected only / has hallucination.
 
     Example:
@@ -248,28 +280,22 @@ class ClaimInspector(_Inspector):
 
     def _render(self, item: ClaimItem) -> str:
         cand = item.candidate
-        per_sentence: dict[int, list[int]] = defaultdict(list)
-        for k, c in enumerate(item.claims):
-            per_sentence[c.sentence].append(k)
-        spans = []
-        for s, text in enumerate(split_display_sentences(cand.text)):
-            ks = per_sentence.get(s, [])
-            vs = [item.verdicts[k] for k in ks]
-            if not ks:
-                spans.append(_span(text, None, "rlaifv-sentence"))
-            elif any(v is None for v in vs):
-                spans.append(_span(text, _GREY, "rlaifv-claim rlaifv-unscored", "not scored"))
-            elif all(v.accepted for v in vs):
-                spans.append(_span(text, _GREEN, "rlaifv-claim rlaifv-accepted", "all claims accepted"))
-            else:
-                spans.append(_span(text, _RED, "rlaifv-claim rlaifv-rejected", "a claim was rejected"))
+        toy = toy_sentence_spans(cand.text) if any(c.span is None for c in item.claims) else []
+        marks, unplaced = [], 0
+        for c, v in zip(item.claims, item.verdicts):
+            span = claim_span(c, cand.text, toy)
+            unplaced += span is None
+            if span is not None:
+                marks.append((*span, 1 if v is None else (0 if v.accepted else 2)))  # rejected > unscored > accepted
+        spans = [_span(cand.text[a:b], *_CLAIM_LOOK[r]) for a, b, r in _pieces(len(cand.text), marks)]
         score = "no claims, no score" if item.score is None else f"score {item.score:g}"
         hall = item.hallucinated
         head = (f"<div><b>{_e(cand.id)}</b> &middot; seed {_e(cand.seed)} &middot; {score} &middot; "
                 f"{len(item.claims)} claims, {item.n_rejected} rejected"
-                + (f" &middot; {item.n_disagreements} verdicts contradict the truth" if item.scene else "") + "</div>")  # fmt: skip
+                + (f" &middot; {item.n_disagreements} verdicts contradict the truth" if item.scene else "")
+                + (f" &middot; {unplaced} not located in the text" if unplaced else "") + "</div>")  # fmt: skip
         hall_line = f'<div class="rlaifv-hallucinated"><b>hallucinated objects:</b> {_e(", ".join(hall))}</div>' if hall else ""
-        body = f'<div class="rlaifv-response" style="font-family:monospace;margin:6px 0;line-height:1.7">{"".join(spans) or "<i>(empty)</i>"}</div>'
+        body = f'<div class="rlaifv-response" style="{_RESPONSE_STYLE}">{"".join(spans) or "<i>(empty)</i>"}</div>'
         return f'<div style="margin-left:12px">{head}{body}{_scene_line(item.scene)}{hall_line}{self._table(item)}</div>'
 
     def _table(self, item: ClaimItem) -> str:
@@ -346,7 +372,7 @@ class PairInspector(_Inspector):
     def _render(self, pair: PreferencePair) -> str:
         sides = [("chosen", pair.chosen_id, pair.chosen, pair.chosen_score, "#2a7"), ("rejected", pair.rejected_id, pair.rejected, pair.rejected_score, "#c33")]
         claims = [self.claims_of(cid, text) for _, cid, text, _, _ in sides]
-        texts = [{c.text for c in cs} for cs in claims]
+        texts = [{c.text for c in cs} for cs in claims]  # a set: one lookup per claim, never a scan
         cols = [self._side(pair, *side, claims[j], texts[1 - j]) for j, side in enumerate(sides)]
         instruction = f" &middot; instruction: <i>{_e(pair.instruction)}</i>" if pair.instruction else ""
         head = f"<div><b>{_e(pair.prompt_id)}</b> &middot; margin {pair.margin:g}{instruction}</div>"
@@ -355,20 +381,20 @@ class PairInspector(_Inspector):
 
     def _side(self, pair: PreferencePair, label: str, cid: str, text: str, score: float, colour: str, claims: list[Claim], other: set[str]) -> str:
         """One column: header, response, and its claims with the ones the other side lacks highlighted."""
-        only = [c for c in claims if c.text not in other]
-        marks = {c.sentence for c in only}
-        sentences = "".join(_span(s, _YELLOW if k in marks else None, "rlaifv-sentence rlaifv-differs" if k in marks else "rlaifv-sentence")
-                            for k, s in enumerate(split_display_sentences(text)))  # fmt: skip
+        only = [c.text not in other for c in claims]
+        toy = toy_sentence_spans(text) if any(c.span is None for c in claims) else []
+        marks = [(*span, 0) for c, o in zip(claims, only) if o and (span := claim_span(c, text, toy)) is not None]
+        look = {-1: (None, "rlaifv-text"), 0: (_YELLOW, "rlaifv-differs")}
+        sentences = "".join(_span(text[a:b], *look[r]) for a, b, r in _pieces(len(text), marks))
         items = []
-        for c in claims:
+        for c, o in zip(claims, only):
             v = self._verdicts.get(c.id)
             note = "" if v is None else (" ✓" if v.accepted else " ✗ rejected")
-            cls = "rlaifv-claim rlaifv-only" if c in only else "rlaifv-claim"
-            items.append(f"<li>{_span(c.text + note, _YELLOW if c in only else None, cls)}</li>")
+            items.append(f"<li>{_span(c.text + note, _YELLOW if o else None, 'rlaifv-claim rlaifv-only' if o else 'rlaifv-claim')}</li>")
         hall = self._hall(text, pair)
         hall_line = f'<div class="rlaifv-hallucinated">hallucinated objects: {_e(", ".join(hall)) or "none"}</div>' if self.scenes else ""
         return (f'<div class="rlaifv-{label}" style="flex:1;border-top:4px solid {colour};padding:4px">'
                 f"<div><b>{label}</b> &middot; score {score:g} &middot; {word_length(text)} words &middot; {len(claims)} claims, "
-                f"{len(only)} not in the other</div>"
-                f'<div class="rlaifv-response" style="font-family:monospace;margin:6px 0;line-height:1.7">{sentences or "<i>(empty)</i>"}</div>'
+                f"{sum(only)} not in the other</div>"
+                f'<div class="rlaifv-response" style="{_RESPONSE_STYLE}">{sentences or "<i>(empty)</i>"}</div>'
                 f'{hall_line}<ul style="margin:2px 0;padding-left:18px;font-size:90%">{"".join(items)}</ul></div>')  # fmt: skip

@@ -279,3 +279,45 @@ def test_llm_decomposer_needs_chat_template():
     model, tokenizer = _tiny_chat_lm(with_template=False)
     with pytest.raises(ChatTemplateError, match="chat template"):
         LLMDecomposer(model, tokenizer)
+
+
+# ---------------------------------------------------------------- source spans
+
+
+def test_toy_spans_match_the_grammar_sentence_numbering():
+    from rlaifv_lib.claims import toy_sentence_spans
+    from rlaifv_lib.toyworld.grammar import toy_sentences
+
+    for text in (TWO_OBJECTS, "  there is a circle ?. . there is a STAR .\nthe star is red", "", "İ there is a circle . x"):
+        spans = toy_sentence_spans(text)
+        assert [text[a:b].lower() for a, b in spans] == toy_sentences(text.lower())
+    claims = ToyDecomposer().decompose(cand(TWO_OBJECTS))
+    assert {TWO_OBJECTS[a:b] for a, b in (c.span for c in claims)} == {
+        "there is a large red circle at the top left", "there is a small blue square in the center"}  # fmt: skip
+    assert all(c.span == claims[0].span for c in claims if c.target == "circle")
+
+
+def test_sentence_spans_of_free_english():
+    from rlaifv_lib.claims import sentence_spans
+
+    text = "Dr. Smith, e.g. the owner, sees J. Doe.  It rains!\nA cat\n\nsleeps. Is it late? Yes."
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Dr. Smith, e.g. the owner, sees J. Doe.", "It rains!", "A cat", "sleeps.", "Is it late?", "Yes."]  # fmt: skip
+    assert split_sentences(text)[0] == "Dr. Smith, e.g. the owner, sees J. Doe."
+
+
+def test_rule_claims_span_their_own_words():
+    text = "  The table has a cup, a plate and a fork.\nIt is wooden; the chair is red. What is this?"
+    claims = RuleBasedDecomposer().decompose(cand(text))
+    assert [(c.text, text[c.span[0] : c.span[1]], c.sentence) for c in claims] == [
+        ("The table has a cup, a plate", "The table has a cup, a plate", 0),
+        ("The table has a fork", "a fork", 0),
+        ("It is wooden", "It is wooden", 1),
+        ("the chair is red", "the chair is red", 1),
+    ]
+
+
+def test_llm_claims_are_placed_on_their_best_matching_sentence():
+    facts = {"A cat sleeps. It is black.": "1. A cat is sleeping.\n2. The cat is black.\n3. A zebra flies."}
+    claims = _Scripted(facts, {}, ClaimsConfig(decomposer="llm")).decompose(cand("A cat sleeps. It is black."))
+    assert [(c.sentence, c.span) for c in claims] == [(0, (0, 13)), (1, (14, 26)), (-1, None)]
