@@ -17,6 +17,8 @@ __all__ = ["MAX_PIXELS", "MAX_ASPECT", "load_image"]
 
 MAX_PIXELS = 1024 * 1024  # larger images are downscaled (aspect kept) before any processor sees them
 MAX_ASPECT = 200  # longer side / shorter side; Qwen2-VL-family processors refuse anything thinner
+# (those processors also keep each side >= 28 px, so an image thinner than max_pixels/784 : 1 gets more than
+# their max_pixels; with the presets' 448x448 cap every image load_image accepts stays under it)
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^data:", re.ASCII)
 
 
