@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from .models import tokenizer_of
+from .models import chat_prompt, tokenizer_of
 
-__all__ = ["FAMILIES", "PrefixPlan", "unsupported_reason", "plan_prefix", "prefix_logits"]
+__all__ = ["FAMILIES", "PlanError", "PrefixPlan", "unsupported_reason", "plan_prefix", "prefix_logits", "prefill_tokens"]
 
 # model_type -> how positions continue after the prefix ("1d": token index; "mrope": Qwen's 3-D rope index)
 FAMILIES = {"llava": "1d", "idefics3": "1d", "smolvlm": "1d", "qwen2_vl": "mrope", "qwen2_5_vl": "mrope"}
@@ -139,3 +139,20 @@ def prefix_logits(model: Any, processor: Any, plan: PrefixPlan, chunk: int) -> t
             out.append(model(**batch, cache=cache, use_cache=True).logits[:, -1, :].float())
     return torch.cat(out)
 
+
+
+def prefill_tokens(processor: Any, images: Sequence[Any], questions: Sequence[str], image_index: Sequence[int]) -> tuple[float, float]:
+    """Language-model tokens run per question (mean): (whole prompt each time, shared prefix once per image).
+
+    Tokenization only (no model): each image's prompts are split as ``plan_prefix`` splits them.
+    """
+    by_image: dict[int, list[str]] = {}
+    for q, k in zip(questions, image_index):
+        by_image.setdefault(k, []).append(chat_prompt(processor, q))
+    whole = shared = 0
+    for k, texts in by_image.items():
+        plan = plan_prefix(processor, images[k], texts)
+        lengths = [len(q) for q in plan.question_ids]
+        whole += plan.prefix_len * len(texts) + sum(lengths)
+        shared += plan.prefix_len + sum(lengths)
+    return whole / len(questions), shared / len(questions)
