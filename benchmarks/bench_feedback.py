@@ -32,7 +32,7 @@ from rlaifv_lib.models import YES_NO_SUFFIX, chat_prompt, load_model
 from rlaifv_lib.prefix import prefill_tokens
 from rlaifv_lib.records import Prompt
 from rlaifv_lib.sampling import SamplingConfig, sample_candidates
-from rlaifv_lib.tiny import build_llava
+from rlaifv_lib.tiny import build_llava, redraw_weights
 from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
 
 # questions in the official form (claim question + " Please answer yes or no."), about ~20 tokens each
@@ -74,10 +74,7 @@ def real_shape(args: argparse.Namespace) -> None:
     """The three ways on a random LLaVA-1.5-shaped model, timed interleaved, with prefill tokens and agreement."""
     torch.manual_seed(0)
     model, processor = build_llava(image_size=336, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden, text_layers=args.text_layers)
-    with torch.no_grad():  # a wider init than Llama's 0.02, so that answers depend on image and question
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.1)
+    redraw_weights(model, 0.1)  # a wider init than Llama's 0.02, so that answers depend on image and question
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((360 + 20 * k, 480, 3)) * 255).astype("uint8")) for k in range(args.images)]
     base = [REAL_QUESTIONS[j % len(REAL_QUESTIONS)] for j in range(args.questions)]

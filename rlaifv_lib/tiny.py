@@ -58,6 +58,7 @@ __all__ = [
     "build_qwen2_5_vl",
     "build_idefics3",
     "build_tiny",
+    "redraw_weights",
     "build_chat_lm",
     "save_tiny",
 ]
@@ -205,11 +206,17 @@ def build_tiny(arch: str, seed: int = 0, init_std: float | None = None) -> tuple
     torch.manual_seed(seed)
     model, processor = ARCHITECTURES[arch]()
     if init_std is not None:
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0.0, init_std)
+        redraw_weights(model, init_std)
     return model, processor
+
+
+def redraw_weights(model: Any, init_std: float) -> Any:
+    """Re-draw every weight matrix of ``model`` from N(0, init_std^2), in place (see :func:`build_tiny`)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, init_std)
+    return model
 
 
 def build_chat_lm(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
