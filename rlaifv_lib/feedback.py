@@ -4,6 +4,8 @@ The labeler (the policy itself by default, or a separate model) sees the image a
 polar question. From the softmax of the *next-token* logits of one batched forward pass, a claim
 is accepted iff P(yes)+P(Yes) > P(no)+P(No) — no text is generated. A response's score is
 -(number of rejected claims); a response with no claims gets no score and is never paired.
+Each image's prompt prefix (chat text and image tokens) runs once for all of its questions
+(``rlaifv_lib.prefix``); models of other families run every question's whole prompt.
 """
 
 from __future__ import annotations
