@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
+from .errors import RLAIFVError
 from .models import chat_prompt, tokenizer_of
 
 __all__ = ["FAMILIES", "PlanError", "PrefixPlan", "unsupported_reason", "plan_prefix", "prefix_logits", "prefill_tokens"]
@@ -29,8 +30,8 @@ __all__ = ["FAMILIES", "PlanError", "PrefixPlan", "unsupported_reason", "plan_pr
 FAMILIES = {"llava": "1d", "idefics3": "1d", "smolvlm": "1d", "qwen2_vl": "mrope", "qwen2_5_vl": "mrope"}
 
 
-class PlanError(Exception):
-    """The prompts of one image cannot be split into a shared prefix and question suffixes."""
+class PlanError(RLAIFVError, ValueError):
+    """The prompts of one image cannot be split into a shared prefix and question suffixes (the caller falls back)."""
 
 
 @dataclass
@@ -138,7 +139,6 @@ def prefix_logits(model: Any, processor: Any, plan: PrefixPlan, chunk: int) -> t
             batch = {k: v.to(device) for k, v in _question_batch(rows, pad_id, plan.prefix_len, start, mrope).items()}
             out.append(model(**batch, cache=cache, use_cache=True).logits[:, -1, :].float())
     return torch.cat(out)
-
 
 
 def prefill_tokens(processor: Any, images: Sequence[Any], questions: Sequence[str], image_index: Sequence[int]) -> tuple[float, float]:
