@@ -4,11 +4,14 @@ The labeler (the policy itself by default, or a separate model) sees the image a
 polar question. From the softmax of the *next-token* logits of one batched forward pass, a claim
 is accepted iff P(yes)+P(Yes) > P(no)+P(No) — no text is generated. A response's score is
 -(number of rejected claims); a response with no claims gets no score and is never paired.
+Each image's prompt prefix (chat text and image tokens) runs once for all of its questions
+(``rlaifv_lib.prefix``); models of other families run every question's whole prompt.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -20,9 +23,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .errors import ConfigError, YesNoTokenError
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
+from .prefix import PlanError, PrefixPlan, plan_prefix, prefix_logits, unsupported_reason
 from .records import Candidate, Claim, ScoredCandidate, Verdict
 
 __all__ = ["FeedbackConfig", "yes_no_token_ids", "yes_no_probs", "score_claims", "score_candidates"]
+
+log = logging.getLogger(__name__)
 
 _YES = ("yes", "Yes", "YES")
 _NO = ("no", "No", "NO")
@@ -38,15 +44,25 @@ class FeedbackConfig:
             appends " Please answer yes or no." for real models (the toy grammar needs none).
         reuse_image_features (bool, defaults to True): encode each image once for all of its
             questions when the architecture allows it (LLaVA family); otherwise per question.
+            Used by the per-question path only (the shared-prefix path encodes each image once anyway).
+        shared_prefix (bool, defaults to True): run each image's common prompt prefix (image tokens
+            included) once and only the question tokens per question (``rlaifv_lib.prefix``), for the
+            families listed in ``prefix.FAMILIES``; other models use the per-question path.
+        prefix_batch_size (int, defaults to 16): questions of one image run together from its cached
+            prefix. The prefix's key/value cache is copied once per question of a chunk, so memory grows
+            with it (LLaVA-1.5-7B in fp16: about 0.3 GB per copy of a 600-token prefix).
     """
 
     batch_size: int = 64
     question_suffix: str = ""
     reuse_image_features: bool = True
+    shared_prefix: bool = True
+    prefix_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("batch_size", "prefix_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -97,26 +113,60 @@ def _next_token_logits(model: Any, processor: Any, images: list, questions: list
     return logits[:, -1, :].float()
 
 
-def yes_no_probs(model: Any, processor: Any, images: Sequence[Any], questions: Sequence[str], image_index: Sequence[int] | None = None, cfg: FeedbackConfig | None = None, progress: bool = False) -> list[tuple[float, float]]:
-    """(P(yes), P(no)) for each question about ``images[image_index[i]]``, from next-token logits."""
-    cfg = cfg or FeedbackConfig()
-    image_index = list(range(len(questions))) if image_index is None else list(image_index)
-    if len(image_index) != len(questions):
-        raise ValueError("image_index must have one entry per question")
-    yes, no = yes_no_token_ids(tokenizer_of(processor))
-    loaded = [load_image(im) for im in images]
+def _yes_no(logits: torch.Tensor, yes: list[int], no: list[int]) -> list[tuple[float, float]]:
+    """(P(yes), P(no)) of each row of next-token ``logits``."""
+    probs = torch.softmax(logits, -1)
+    return list(zip(probs[:, yes].sum(-1).tolist(), probs[:, no].sum(-1).tolist()))
+
+
+def _per_question(model: Any, processor: Any, loaded: list, questions: list[str], image_index: list[int], cfg: FeedbackConfig, yes_no: tuple[list[int], list[int]], progress: bool) -> list[tuple[float, float]]:
+    """(P(yes), P(no)) of each question, running its whole prompt (the reference path)."""
     reuse = cfg.reuse_image_features and _can_reuse_features(model)
     # group questions of the same image into the same batch so its features are computed once
     order = sorted(range(len(questions)), key=lambda i: image_index[i])
     out: list[tuple[float, float]] = [(0.0, 0.0)] * len(questions)
     for start in tqdm(range(0, len(order), cfg.batch_size), desc="labeler scoring", disable=not progress, unit="batch"):
         idx = order[start : start + cfg.batch_size]
-        qs = [questions[i] + cfg.question_suffix for i in idx]
-        probs = torch.softmax(_next_token_logits(model, processor, loaded, qs, [image_index[i] for i in idx], reuse), -1)
-        p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
-        for j, i in enumerate(idx):
-            out[i] = (float(p_yes[j]), float(p_no[j]))
+        logits = _next_token_logits(model, processor, loaded, [questions[i] for i in idx], [image_index[i] for i in idx], reuse)
+        for i, p in zip(idx, _yes_no(logits, *yes_no)):
+            out[i] = p
     return out
+
+
+def _plans(processor: Any, loaded: list, questions: list[str], image_index: list[int]) -> list[tuple[list[int], PrefixPlan]] | None:
+    """(question positions, plan) for every image asked about, or None if one image's prompts do not split."""
+    by_image: dict[int, list[int]] = defaultdict(list)
+    for i, k in enumerate(image_index):
+        by_image[k].append(i)
+    try:
+        return [(rows, plan_prefix(processor, loaded[k], [chat_prompt(processor, questions[i]) for i in rows])) for k, rows in sorted(by_image.items())]
+    except PlanError as e:
+        log.info("shared-prefix scoring off: %s; each question runs its whole prompt", e)
+        return None
+
+
+def _shared_prefix(model: Any, processor: Any, plans: list[tuple[list[int], PrefixPlan]], n: int, cfg: FeedbackConfig, yes_no: tuple[list[int], list[int]], progress: bool) -> list[tuple[float, float]]:
+    """(P(yes), P(no)) of each question, from its image's cached prefix."""
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * n
+    for rows, plan in tqdm(plans, desc="labeler scoring", disable=not progress, unit="image"):
+        for i, p in zip(rows, _yes_no(prefix_logits(model, processor, plan, cfg.prefix_batch_size), *yes_no)):
+            out[i] = p
+    return out
+
+
+def yes_no_probs(model: Any, processor: Any, images: Sequence[Any], questions: Sequence[str], image_index: Sequence[int] | None = None, cfg: FeedbackConfig | None = None, progress: bool = False) -> list[tuple[float, float]]:
+    """(P(yes), P(no)) for each question about ``images[image_index[i]]``, from next-token logits."""
+    cfg = cfg or FeedbackConfig()
+    image_index = list(range(len(questions))) if image_index is None else list(image_index)
+    if len(image_index) != len(questions):
+        raise ValueError("image_index must have one entry per question")
+    yes_no = yes_no_token_ids(tokenizer_of(processor))
+    loaded = [load_image(im) for im in images]
+    asked = [q + cfg.question_suffix for q in questions]
+    plans = _plans(processor, loaded, asked, image_index) if cfg.shared_prefix and questions and unsupported_reason(model) is None else None
+    if plans is None:
+        return _per_question(model, processor, loaded, asked, image_index, cfg, yes_no, progress)
+    return _shared_prefix(model, processor, plans, len(asked), cfg, yes_no, progress)
 
 
 def score_claims(model: Any, processor: Any, claims: Sequence[Claim], images: dict[str, Any], candidate_prompt: dict[str, str], cfg: FeedbackConfig | None = None, progress: bool = True) -> list[Verdict]:

@@ -5,6 +5,12 @@ decoding settings; only the random stream differs. Pairs built from them then di
 trustworthiness, not in style. Each candidate gets its own seed, derived from (seed, prompt id,
 index), and its own random generator, so a candidate's text does not depend on which other
 candidates share its ``generate`` batch: the same seed gives the same candidates at any batch size.
+
+The N candidates of one prompt share its prefill (``SamplingConfig.shared_prefill``): the prompt runs
+once with a key/value cache, the cache is repeated across the prompt's rows and ``generate`` continues
+from it. Qwen2-VL/Qwen2.5-VL prefill each row as before: after a pre-filled cache, ``generate`` numbers
+their 3-D positions from the model's stored ``rope_deltas`` (one per prefilled row), so rows repeated
+after the prefill would need that internal state rewritten.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .records import Candidate, Prompt
 
-__all__ = ["SamplingConfig", "candidate_seed", "SeededSampler", "generate_texts", "sample_candidates"]
+__all__ = ["SHARED_PREFILL_FAMILIES", "SamplingConfig", "candidate_seed", "SeededSampler", "generate_texts", "sample_candidates"]
+
+# model types whose candidates can continue from a shared prefill (1-D positions, images only in the prompt)
+SHARED_PREFILL_FAMILIES = ("llava", "idefics3", "smolvlm")
 
 
 @dataclass
@@ -36,6 +45,9 @@ class SamplingConfig:
         max_new_tokens (int, defaults to 64): cap on response length in tokens (official: 512).
         batch_size (int, defaults to 64): rows (prompt x candidate) per ``generate`` call.
         seed (int, defaults to 0): base seed; candidate k of prompt p uses ``candidate_seed(seed, p, k)``.
+        shared_prefill (bool, defaults to True): prefill each prompt once for all of its candidates in a
+            ``generate`` batch (LLaVA and Idefics3/SmolVLM families; others prefill every row). The
+            candidates are the same either way (tested).
     """
 
     n: int = 10
@@ -44,6 +56,7 @@ class SamplingConfig:
     max_new_tokens: int = 64
     batch_size: int = 64
     seed: int = 0
+    shared_prefill: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -83,11 +96,30 @@ class SeededSampler(LogitsProcessor):
         return out
 
 
+def _prefill(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
+    """The key/value cache of every prompt but its last token, positions numbered as ``generate`` numbers them."""
+    mask = inputs["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    short = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+    with torch.no_grad():
+        return model(**short, position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1).cache
+
+
 def generate_texts(model: Any, processor: Any, images: list, instructions: list[str], seeds: list[int], cfg: SamplingConfig) -> list[str]:
     """One sampled response per (image, instruction, seed) row, in a single ``generate`` call."""
-    texts = [chat_prompt(processor, ins) for ins in instructions]
-    inputs = processor(images=[load_image(im) for im in images], text=texts, return_tensors="pt", padding=True, padding_side="left")
+    shared = cfg.shared_prefill and getattr(model.config, "model_type", "") in SHARED_PREFILL_FAMILIES
+    keys = [(id(im), ins) if shared else row for row, (im, ins) in enumerate(zip(images, instructions))]
+    first = {k: row for row, k in reversed(list(enumerate(keys)))}  # each distinct prompt's first row
+    prompt_rows = sorted(first.values())
+    where = {row: i for i, row in enumerate(prompt_rows)}
+    row_prompt = torch.tensor([where[first[k]] for k in keys])
+    texts = [chat_prompt(processor, instructions[r]) for r in prompt_rows]
+    inputs = processor(images=[load_image(images[r]) for r in prompt_rows], text=texts, return_tensors="pt", padding=True, padding_side="left")
     inputs = inputs.to(model.device)
+    if shared:
+        cache = _prefill(model, inputs)
+        cache.batch_select_indices(row_prompt.to(model.device))
+        inputs = {"input_ids": inputs["input_ids"][row_prompt], "attention_mask": inputs["attention_mask"][row_prompt], "cache": cache}
     tok = tokenizer_of(processor)
     with torch.no_grad():
         out = model.generate(

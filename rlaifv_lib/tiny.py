@@ -52,11 +52,13 @@ __all__ = [
     "IDEFICS3_TEMPLATE",
     "CHAT_LM_TEMPLATE",
     "bpe_tokenizer",
+    "llava_processor",
     "build_llava",
     "build_qwen2_vl",
     "build_qwen2_5_vl",
     "build_idefics3",
     "build_tiny",
+    "redraw_weights",
     "build_chat_lm",
     "save_tiny",
 ]
@@ -111,17 +113,28 @@ def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, chat
     return fast
 
 
-def _llama(tok: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=2048, **_DIM)
+def _llama(tok: PreTrainedTokenizerFast, **dims: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=2048, **{**_DIM, **dims})
 
 
-def build_llava() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """LLaVA-1.5 layout: CLIP ViT (28 px, 14 px patches -> 4 image tokens), MLP projector, Llama decoder."""
+def llava_processor(image_size: int = 28) -> LlavaProcessor:
+    """LLaVA-1.5's processor layout (CLIP crop, 14 px patches) at ``image_size`` px: 336 gives LLaVA-1.5's 576 image tokens."""
     tok = bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], "<s>", "</s>", "<pad>", LLAVA_TEMPLATE, unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True, do_convert_rgb=True)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32)
-    config = LlavaConfig(vision_config=vision, text_config=_llama(tok), image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=4, vision_feature_layer=-2)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, do_center_crop=True, do_convert_rgb=True)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+
+
+def build_llava(image_size: int = 28, vision_hidden: int = 32, vision_layers: int = 2, text_hidden: int = 32, text_layers: int = 1) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """LLaVA-1.5 layout: CLIP ViT (14 px patches; 28 px -> 4 image tokens), MLP projector, Llama decoder.
+
+    The defaults are the tiny test model; ``image_size=336`` gives LLaVA-1.5's 576 image tokens in front
+    of the text (``benchmarks/bench_feedback.py --real-shape`` uses it with a 256-wide, 4-layer decoder).
+    """
+    processor = llava_processor(image_size)
+    tok = processor.tokenizer
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=vision_hidden)
+    text = {} if text_hidden == _DIM["hidden_size"] else dict(hidden_size=text_hidden, intermediate_size=text_hidden * 43 // 16, num_attention_heads=text_hidden // 64, num_key_value_heads=text_hidden // 64)
+    config = LlavaConfig(vision_config=vision, text_config=_llama(tok, num_hidden_layers=text_layers, **text), image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=(image_size // 14) ** 2, vision_feature_layer=-2)
     return LlavaForConditionalGeneration(config).eval(), processor
 
 
@@ -193,11 +206,17 @@ def build_tiny(arch: str, seed: int = 0, init_std: float | None = None) -> tuple
     torch.manual_seed(seed)
     model, processor = ARCHITECTURES[arch]()
     if init_std is not None:
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0.0, init_std)
+        redraw_weights(model, init_std)
     return model, processor
+
+
+def redraw_weights(model: Any, init_std: float) -> Any:
+    """Re-draw every weight matrix of ``model`` from N(0, init_std^2), in place (see :func:`build_tiny`)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, init_std)
+    return model
 
 
 def build_chat_lm(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

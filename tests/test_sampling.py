@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from PIL import Image
 
+from rlaifv_lib import sampling
 from rlaifv_lib.errors import ConfigError
 from rlaifv_lib.records import Prompt
 from rlaifv_lib.sampling import SamplingConfig, candidate_seed, sample_candidates
 from rlaifv_lib.toyworld import evaluation_scenes, render_scene
+
+from tiny_models import build_tiny
 
 
 def _prompts(n: int = 3) -> list[Prompt]:
@@ -42,3 +47,41 @@ def test_candidates_differ_only_by_seed(tiny_toy):
 def test_config_rejects_impossible_values(bad):
     with pytest.raises(ConfigError):
         SamplingConfig(**bad)
+
+
+def _count_prefills(monkeypatch) -> list[int]:
+    """Record the number of prompts of every shared prefill."""
+    calls: list[int] = []
+    real = sampling._prefill
+
+    def spy(model, inputs):
+        calls.append(int(inputs["input_ids"].shape[0]))
+        return real(model, inputs)
+
+    monkeypatch.setattr(sampling, "_prefill", spy)
+    return calls
+
+
+def test_shared_prefill_gives_todays_candidates_on_the_toy_policy(toy_policy, monkeypatch):
+    model, proc = toy_policy
+    prompts = _prompts(4)
+    today = sample_candidates(model, proc, prompts, SamplingConfig(n=3, batch_size=5, shared_prefill=False), progress=False)
+    calls = _count_prefills(monkeypatch)
+    shared = sample_candidates(model, proc, prompts, SamplingConfig(n=3, batch_size=5), progress=False)
+    assert calls == [2, 3, 1]  # rows 0-4, 5-9, 10-11 hold prompts 0-1, 1-3, 3: a prompt may straddle two batches
+    assert [c.text for c in shared] == [c.text for c in today]
+    assert len({c.text for c in today}) > 1
+
+
+@pytest.mark.parametrize("arch", ["llava", "idefics3", "qwen2_vl"])
+def test_shared_prefill_gives_todays_candidates_on_tiny_architectures(arch, monkeypatch):
+    model, proc = build_tiny(arch, init_std=0.3)
+    torch.manual_seed(0)
+    prompts = [Prompt(f"p{k}", Image.new("RGB", (40 + 8 * k, 32), (200, 30 * k, 30)), "Describe the image.") for k in range(2)]
+    cfg = dict(n=3, max_new_tokens=6)
+    today = sample_candidates(model, proc, prompts, SamplingConfig(**cfg, shared_prefill=False), progress=False)
+    calls = _count_prefills(monkeypatch)
+    shared = sample_candidates(model, proc, prompts, SamplingConfig(**cfg), progress=False)
+    assert calls == ([] if arch == "qwen2_vl" else [2])  # Qwen's M-RoPE families prefill every row
+    assert [c.text for c in shared] == [c.text for c in today]
+    assert len({c.text for c in today}) > 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from rlaifv_lib.claims import ClaimsConfig, LLMDecomposer
 from rlaifv_lib.feedback import yes_no_probs
-from rlaifv_lib.models import load_model
+from rlaifv_lib.models import chat_prompt, load_model
 from rlaifv_lib.records import Candidate
-from rlaifv_lib.tiny import ARCHITECTURES, build_chat_lm, build_tiny, save_tiny
+from rlaifv_lib.tiny import ARCHITECTURES, build_chat_lm, build_tiny, llava_processor, save_tiny
 
 
 def test_build_tiny_is_seeded_and_checks_the_name():
@@ -48,3 +49,9 @@ def test_build_chat_lm_runs_the_llm_decomposer():
     claims = dec.decompose_all([Candidate("p", 0, "There is a red cat on the table.")], progress=False)
     assert all(c.question.endswith("?") for c in claims)
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False).endswith("assistant\n")
+
+
+def test_llava_processor_at_336_px_gives_llava_15s_576_image_tokens():
+    processor = llava_processor(336)
+    ids = processor(images=[Image.new("RGB", (500, 400))], text=[chat_prompt(processor, "Is there a cat?")])["input_ids"][0]
+    assert ids.count(processor.tokenizer.convert_tokens_to_ids("<image>")) == 576
