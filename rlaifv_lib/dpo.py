@@ -19,7 +19,6 @@ import contextlib
 import copy
 import functools
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -35,7 +34,7 @@ from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsErro
 from .memory import weights_memory
 from .models import local_device_map, resolve_model
 from .pairs import to_trl_dataset
-from .records import PreferencePair, write_json
+from .records import PreferencePair, atomic_directory, write_json
 
 __all__ = [
     "DPOSettings",
@@ -459,10 +458,7 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
             f"cannot merge adapters {adapter_dir!s} into base {base_path!s}: {e}. Check that the adapters were "
             "trained on this base (same architecture and sizes)."
         ) from None
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    processor.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # a half-written merge is never taken for a finished one
+    with atomic_directory(out_dir) as tmp:  # a half-written merge is never taken for a finished one
+        merged.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
     return out_dir

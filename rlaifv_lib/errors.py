@@ -19,6 +19,8 @@ __all__ = [
     "QuantizationUnavailableError",
     "ArtifactError",
     "RunVersionError",
+    "StaleArtifactError",
+    "RunLockedError",
     "DatasetSchemaError",
 ]
 
@@ -69,6 +71,14 @@ class ArtifactError(RLAIFVError, ValueError):
 
 class RunVersionError(ArtifactError):
     """A run directory was written by an incompatible version of rlaifv_lib."""
+
+
+class StaleArtifactError(ArtifactError):
+    """An artifact in a run directory was made with another configuration than the run's."""
+
+
+class RunLockedError(RLAIFVError, RuntimeError):
+    """Another process is writing the run directory."""
 
 
 class DatasetSchemaError(RLAIFVError, ValueError):
