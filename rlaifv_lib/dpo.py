@@ -30,9 +30,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
-from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
+from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError, check_finite
 from .memory import weights_memory
-from .models import local_device_map, resolve_model
+from .models import check_model_folder, local_device_map, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, atomic_directory, write_json
 
@@ -121,6 +121,7 @@ class DPOSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0 (official 0.1), got {self.beta}")
         if self.learning_rate <= 0:
@@ -272,6 +273,7 @@ def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, sett
         )
         if use_gpu:
             kwargs["device_map"] = local_device_map()  # this process's GPU under accelerate launch
+    check_model_folder(_resolve(source), tokenizer=False)
     try:
         return AutoModelForImageTextToText.from_pretrained(_resolve(source), **kwargs)
     except OSError as e:
@@ -448,6 +450,7 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
             f"{adapter_dir} holds no adapter_model.safetensors; adapters load from safetensors only (a pickled "
             "adapter_model.bin can run arbitrary code). Re-train them, or convert them on a machine you trust."
         )
+    check_model_folder(_resolve(base_path), tokenizer=False)
     try:
         base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
         processor = _load_processor(adapter_dir, base_path)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .errors import ConfigError, YesNoTokenError
+from .errors import ConfigError, YesNoTokenError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .records import Candidate, Claim, ScoredCandidate, Verdict
@@ -45,6 +45,7 @@ class FeedbackConfig:
     reuse_image_features: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 

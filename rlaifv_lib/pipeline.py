@@ -37,7 +37,7 @@ from . import __version__
 from .audit import labeler_audit
 from .claims import ClaimsConfig, make_decomposer
 from .dpo import DPOSettings, merge_adapters, toy_dpo_settings, train_dpo
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .feedback import FeedbackConfig, score_candidates, score_claims
 from .guidance import GuidanceConfig, compare_selections, score_for_guidance
 from .hallucination import EvalConfig, chair, evaluate_policy
@@ -93,6 +93,7 @@ class RLAIFVConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.rounds < 1:
             raise ConfigError(f"rounds (k) must be >= 1, got {self.rounds}")
         if self.prompts_per_round < 1 or self.eval_scenes < 1:
@@ -101,6 +102,8 @@ class RLAIFVConfig:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
         if self.best_of_n == 1 or self.best_of_n < 0:
             raise ConfigError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
+        if self.best_of_n and self.best_of_n_prompts < 1:
+            raise ConfigError(f"best_of_n_prompts must be >= 1 when best_of_n is on (a best-of-N over no prompt measures nothing), got {self.best_of_n_prompts}")
 
     def to_dict(self) -> dict:
         """JSON-ready form."""

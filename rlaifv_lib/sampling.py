@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .records import Candidate, Prompt
@@ -46,6 +46,7 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.n < 1:
             raise ConfigError(f"n (candidates per prompt) must be >= 1, got {self.n}")
         if self.temperature <= 0:

@@ -313,10 +313,11 @@ def run_dir(tmp_path):
     prompts, _ = run._prompts(1)
     cands = [Candidate(p.id, k, TEXT, k) for p in prompts for k in range(2)]
     rd = run.round_dir(1)
-    write_jsonl(rd / "candidates.jsonl", cands)
+    run.rd.write_jsonl(rd / "candidates.jsonl", cands)
     claims = ToyDecomposer().decompose_all(cands, progress=False)
-    write_jsonl(rd / "claims.jsonl", claims)
-    write_jsonl(rd / "verdicts.jsonl", [Verdict(c.id, 0.9, 0.1, True) for c in claims])
+    run.rd.write_jsonl(rd / "claims.jsonl", claims)
+    run.rd.write_jsonl(rd / "verdicts.jsonl", [Verdict(c.id, 0.9, 0.1, True) for c in claims])
+    run.rd.close()
     return tmp_path / "run"
 
 
