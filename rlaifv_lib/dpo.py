@@ -30,7 +30,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
-from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError, check_finite
+from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, NonFiniteWeightsError, QuantizationUnavailableError, check_finite
 from .memory import weights_memory
 from .models import check_model_folder, local_device_map, resolve_model
 from .pairs import to_trl_dataset
@@ -404,6 +404,7 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     peft_model = trainer.model.eval()
     quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
     adapter_dir = output_dir / "adapter"
+    _require_finite(peft_model, f"DPO training made LoRA adapters with non-finite weights, so nothing was saved to {output_dir}", only_trainable=True)
     if trainer.is_world_process_zero():  # under DDP (accelerate launch) one process writes the files
         peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
         trainer.processing_class.save_pretrained(str(adapter_dir))
@@ -426,6 +427,16 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
         write_json(output_dir / "dpo_log.json", result.summary())
     trainer.accelerator.wait_for_everyone()  # the other processes return once the files exist
     return result
+
+
+def _require_finite(model: torch.nn.Module, what: str, only_trainable: bool = False) -> None:
+    """``NonFiniteWeightsError`` (message ``what`` + the tensors + the fix) when a weight is NaN or infinite."""
+    bad = [n for n, p in model.named_parameters() if (p.requires_grad or not only_trainable) and p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} ({len(bad)} tensors hold NaN or infinity, e.g. {bad[0]}); earlier files are kept. Training "
+            "diverged: lower the learning rate or beta (DPOSettings), and check the pairs."
+        )
 
 
 def _load_processor(adapter_dir: str | os.PathLike, base_path: str | os.PathLike) -> Any:
@@ -461,6 +472,7 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
             f"cannot merge adapters {adapter_dir!s} into base {base_path!s}: {e}. Check that the adapters were "
             "trained on this base (same architecture and sizes)."
         ) from None
+    _require_finite(merged, f"merging {adapter_dir} into {base_path} gives non-finite weights, so nothing was saved to {out_dir}")
     with atomic_directory(out_dir) as tmp:  # a half-written merge is never taken for a finished one
         merged.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))

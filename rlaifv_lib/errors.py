@@ -28,6 +28,7 @@ __all__ = [
     "RunLockedError",
     "DatasetSchemaError",
     "EmptyEvaluationError",
+    "NonFiniteWeightsError",
 ]
 
 
@@ -93,6 +94,10 @@ class DatasetSchemaError(RLAIFVError, ValueError):
 
 class EmptyEvaluationError(RLAIFVError, ValueError):
     """An evaluation was asked to measure nothing (no prompts, no responses): a metric over nothing has no value."""
+
+
+class NonFiniteWeightsError(RLAIFVError, ValueError):
+    """Training produced NaN or infinite weights; they are not saved."""
 
 
 def check_finite(config: Any) -> None:

@@ -166,16 +166,20 @@ class RunDirectory:
 
     def done(self, rel: str | Path) -> bool:
         """Whether artifact ``rel`` is finished and was made with this configuration (``StaleArtifactError`` if
-        it was made with another one); a folder counts only once its stage record is there."""
+        it was made with another one; ``ArtifactError`` if it is not and the run directory is read-only); a folder
+        counts only once its stage record is there."""
         path = self.path / rel
         if path.is_dir():
             if not (path / STAGE_RECORD).exists():
+                self._guard(rel)
                 return False  # unfinished (killed before its record): made again
             self._check(path, _record(path / STAGE_RECORD))
         elif path.suffix == ".jsonl" and path.exists():
             self.read_jsonl(rel)
         elif path.exists():
             self._check(path, _record(path))
+        if not path.exists():
+            self._guard(rel)  # read-only: say so now, before computing what could not be saved
         return path.exists()
 
     def written(self, rel: str | Path) -> None:
@@ -202,8 +206,9 @@ class RunDirectory:
     def jsonl(self, rel: str | Path, compute: Callable[[], list], cls: type | None = None) -> list:
         """The records of stage ``rel``: read when done, else computed, written and read back."""
         if not (self.path / rel).exists():
+            self._guard(rel)
             self.write_jsonl(rel, compute())
-        return self.read_jsonl(rel, cls)
+        return self.read_jsonl(rel, cls)  # checks what it was made with
 
     def read_json(self, rel: str | Path) -> dict:
         """A finished JSON artifact made with this configuration, without its record."""
