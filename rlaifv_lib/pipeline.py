@@ -126,7 +126,7 @@ class RLAIFVRun:
         self.cfg = cfg or RLAIFVConfig()
         self.progress = progress
         header = {"format": RUN_FORMAT, "version": __version__, "config": self.cfg.to_dict()}
-        self.rd = RunDirectory(self.dir, header, on_written)  # locked, header checked, stale temporaries gone
+        self.rd = RunDirectory(self.dir, header, on_written, unrecorded_formats=(1,))  # locked, header checked, stale temporaries gone
         self._eval = evaluation_scenes(self.cfg.eval_scenes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._labeler = None

@@ -59,13 +59,18 @@ class RunDirectory:
         header: what ``run.json`` must hold: ``{"format": int, "version": str, "config": dict}``.
         on_written: called with the path of each artifact right after it is complete (e.g. by tests that
             kill the process there).
+        unrecorded_formats: older run formats whose files predate configuration records; such a directory is
+            resumed when its intact header holds this configuration (the header vouches for its files, as it did
+            then); its files that hold a record must still match. Any other format is refused.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict, on_written: Callable[[Path], None] | None = None):
+    def __init__(self, path: str | os.PathLike, header: dict, on_written: Callable[[Path], None] | None = None, unrecorded_formats: tuple[int, ...] = ()):
         self.path = Path(path)
         self.header = header
         self.made_with = fingerprint(header)
         self.on_written = on_written
+        self.unrecorded_formats = unrecorded_formats
+        self.legacy = False  # True: a run of an unrecorded format, vouched for by its header
         self.writable = self._prepare()
         self._key = self._lock()
         self._release = weakref.finalize(self, _unlock, self._key)
@@ -135,7 +140,8 @@ class RunDirectory:
             raise ArtifactError(f"{e} {self._header_advice()}") from None
         if not isinstance(have, dict):
             raise ArtifactError(f"{header} is not a run header (a JSON object). {self._header_advice()}")
-        if have.get("format") != self.header["format"]:
+        self.legacy = have.get("format") in self.unrecorded_formats
+        if have.get("format") != self.header["format"] and not self.legacy:
             raise RunVersionError(
                 f"{self.path} was written by run format {have.get('format')!r} (rlaifv_lib {have.get('version')}); "
                 f"this is format {self.header['format']}. Start a new run directory."
@@ -161,7 +167,7 @@ class RunDirectory:
         )
 
     def _check(self, path: Path, found: Any) -> None:
-        if found != self.made_with:
+        if found != self.made_with and not (found is None and self.legacy):
             raise self._stale(path, found)
 
     def done(self, rel: str | Path) -> bool:

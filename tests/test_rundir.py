@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rlaifv_lib.cli import _run_config, build_parser, main
-from rlaifv_lib.errors import ArtifactError, RunLockedError, StaleArtifactError
+from rlaifv_lib.errors import ArtifactError, ConfigError, RunLockedError, StaleArtifactError
 from rlaifv_lib.pipeline import RLAIFVRun
 from rlaifv_lib.rundir import LOCK_NAME, STAGE_RECORD, RunDirectory
 
@@ -277,3 +277,27 @@ def test_summary_json_is_rewritten_only_when_it_changes(tmp_path):
     _finished_smoke_run(run_dir)
     assert json.loads(summary.read_text())["rounds"][0]["chair_i"] == 0.25
 
+
+
+def test_a_format_1_run_is_still_resumed_when_its_intact_header_holds_the_same_settings(tmp_path):
+    """Runs written before artifacts carried records (notebooks' earlier runs): the header vouches for them, as then."""
+    from rlaifv_lib.records import write_json, write_jsonl
+
+    cfg = tiny_config(prompts_per_round=2)
+    run_dir = tmp_path / "old"
+    write_json(run_dir / "run.json", {"format": 1, "version": "0.9", "config": cfg.to_dict()})
+    write_json(run_dir / "round_0" / "eval.json", METRICS)
+    write_jsonl(run_dir / "round_1" / "prompts.jsonl", [{"id": "s0", "instruction": "describe the image .", "truth": [], "seed": 0}])
+    run = RLAIFVRun(run_dir, cfg, progress=False)
+    assert run.baseline() == METRICS and [p.id for p in run._prompts(1)[0]] == ["s0"]
+    run.rd.write_json(run.round_dir(1) / "eval.json", METRICS)  # what it writes now carries the record
+    assert json.loads((run_dir / "round_1" / "eval.json").read_text())["made_with"] == run.rd.made_with
+    assert json.loads((run_dir / "run.json").read_text())["format"] == 1
+    run.rd.close()
+    del run
+    with pytest.raises(ConfigError, match="different configuration"):
+        RLAIFVRun(run_dir, tiny_config(prompts_per_round=3), progress=False)
+    (run_dir / "run.json").unlink()  # without the header nothing vouches for the old files
+    run = RLAIFVRun(run_dir, cfg, progress=False)
+    with pytest.raises(StaleArtifactError, match=r"eval\.json does not record the configuration it was made with"):
+        run.baseline()
