@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import ConfigError, EmptyEvaluationError, check_finite
+from .errors import EmptyEvaluationError, check_finite
 from .breakdowns import unclaimed_sentences
 from .feedback import FeedbackConfig, yes_no_probs
 from .records import Prompt
@@ -108,10 +108,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0 for sampling, got {self.temperature}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        self.sampling()  # checks temperature, max_new_tokens and batch_size
+
+    def sampling(self) -> SamplingConfig:
+        """The decoding settings of the descriptions: one sample per scene."""
+        return SamplingConfig(n=1, temperature=self.temperature, seed=self.seed, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
 
 
 def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: EvalConfig | None = None, labeler: tuple[Any, Any] | None = None, progress: bool = False) -> dict[str, Any]:
@@ -130,8 +131,7 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     cfg = cfg or EvalConfig()
     images = [render_scene(s) for s in scenes]
     prompts = [Prompt(s.id, im, INSTRUCTIONS[0]) for s, im in zip(scenes, images)]
-    scfg = SamplingConfig(n=1, temperature=cfg.temperature, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    cands = sample_candidates(model, processor, prompts, scfg, progress=progress)
+    cands = sample_candidates(model, processor, prompts, cfg.sampling(), progress=progress)
     texts = [c.text for c in cands]
     metrics: dict[str, Any] = chair(texts, [s.shapes for s in scenes])
     metrics["unclaimed_rate"] = unclaimed_sentences(texts)["rate"]
