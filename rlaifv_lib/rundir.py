@@ -4,7 +4,7 @@ A run directory holds one artifact per stage. This module decides, on verified f
 is done: its artifact exists, is complete, and records the configuration it was made with (a
 fingerprint of the run's ``run.json``), equal to the current one. Everything is written atomically
 (a temporary beside the target, then a rename), with the permissions the user's umask gives. One
-process at a time writes a run directory (an OS file lock); a finished run is read without writing
+process at a time writes a run directory (an OS lock on the folder itself); a finished run is read without writing
 anything, so it can be shown from read-only storage.
 
     jsonl artifact     its end marker carries ``"made_with": <fingerprint>``
@@ -24,6 +24,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,10 +33,9 @@ from typing import Any, Callable, Iterator
 from .errors import ArtifactError, ConfigError, RunLockedError, RunVersionError, StaleArtifactError
 from .records import atomic_directory, atomic_write_text, read_json, read_jsonl_marked, remove_own_temporaries, write_jsonl
 
-__all__ = ["RunDirectory", "fingerprint", "STAGE_RECORD", "LOCK_NAME"]
+__all__ = ["RunDirectory", "fingerprint", "STAGE_RECORD"]
 
 STAGE_RECORD = "rlaifv_stage.json"  # inside a folder artifact: what it was made with
-LOCK_NAME = ".rlaifv.lock"
 _HELD: dict[Path, list] = {}  # run directory -> [fd, holders]: one lock per process, shared by its RunDirectory objects
 
 
@@ -97,31 +98,25 @@ class RunDirectory:
         return os.access(self.path, os.W_OK)
 
     def _lock(self) -> Path:
-        """Take the run directory's lock (shared when read-only); ``RunLockedError`` naming the holder's PID."""
+        """Lock the run directory itself (shared when read-only: no file is made); ``RunLockedError`` naming the holder."""
         key = self.path.resolve()
         if key in _HELD:
             _HELD[key][1] += 1
             return key
-        lock = self.path / LOCK_NAME
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666) if self.writable else os.open(lock, os.O_RDONLY)
-        except FileNotFoundError:  # read-only and never locked: nobody can be writing here
-            _HELD[key] = [None, 1]
-            return key
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if self.writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        except BlockingIOError:
+            holder = _lock_holder(fd)
             os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunLockedError(
-                    f"run directory {self.path} is in use by PID {holder} (another rlaifv run writes to it). Wait for it "
-                    "to finish, stop it, or give this run another directory."
-                ) from None
-            raise
-        if self.writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise RunLockedError(
+                f"run directory {self.path} is in use by PID {holder} (another rlaifv run writes to it). Wait for it to "
+                "finish, stop it, or give this run another directory."
+            ) from None
+        except OSError as e:  # a file system without flock (some network mounts): run unguarded, and say so
+            os.close(fd)
+            warnings.warn(f"cannot lock {self.path} ({e.strerror}); make sure no other run writes to it at the same time", RuntimeWarning, stacklevel=3)
+            fd = None
         _HELD[key] = [fd, 1]
         return key
 
@@ -251,6 +246,20 @@ class RunDirectory:
         self._guard(rel)
         atomic_write_text(self.path / rel / STAGE_RECORD, json.dumps({"made_with": self.made_with}) + "\n")
         self.written(rel)
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID holding an flock on the file behind ``fd``, from /proc/locks (Linux); "unknown" elsewhere."""
+    st = os.fstat(fd)
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        m = re.search(r"FLOCK\s+\S+\s+\S+\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s", line)
+        if m and (int(m[2], 16), int(m[3], 16), int(m[4])) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+            return m[1]
+    return "unknown"
 
 
 def _record_of(obj: Any) -> Any:
