@@ -4,8 +4,8 @@ A run directory holds one artifact per stage. This module decides, on verified f
 is done: its artifact exists, is complete, and records the configuration it was made with (a
 fingerprint of the run's ``run.json``), equal to the current one. Everything is written atomically
 (a temporary beside the target, then a rename), with the permissions the user's umask gives. One
-process at a time writes a run directory (an OS lock on the folder itself); a finished run is read without writing
-anything, so it can be shown from read-only storage.
+process at a time writes a run directory (an OS lock on the folder itself); a finished run is read
+without writing anything, so it can be shown from read-only storage.
 
     jsonl artifact     its end marker carries ``"made_with": <fingerprint>``
     json artifact      a top-level ``"made_with"`` key (dropped when read back)
