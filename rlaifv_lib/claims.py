@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ChatTemplateError, ConfigError, EmptyResponseError
+from .errors import ChatTemplateError, ConfigError, EmptyResponseError, check_finite
 from .models import tokenizer_of
 from .records import Candidate, Claim
 from .toyworld.grammar import PLACE_PHRASES, attribute_question, existence_question, parse_description
@@ -93,6 +93,7 @@ class ClaimsConfig:
     question_prompt: str = QUESTION_PROMPT
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.decomposer not in ("toy", "rules", "llm"):
             raise ConfigError(f"decomposer must be 'toy', 'rules' or 'llm', got {self.decomposer!r}")
         if self.max_claims is not None and self.max_claims < 1:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError, RLAIFVError
+
 if TYPE_CHECKING:
     from .pipeline import RLAIFVConfig
 
 __all__ = ["main"]
+
+
+def _set_threads(n: int) -> None:
+    """``torch.set_num_threads(n)``; ``ConfigError`` for n < 1 (torch would fail with no word about --threads)."""
+    import torch
+
+    if n < 1:
+        raise ConfigError(f"--threads must be >= 1 (CPU threads for torch), got {n}")
+    torch.set_num_threads(n)
 
 
 def _print_metrics(m: dict) -> None:
@@ -23,12 +35,10 @@ def _print_metrics(m: dict) -> None:
 
 def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     """Train the toy policy and/or labeler from scratch."""
-    import torch
-
     from .models import TOY_LABELER, TOY_POLICY
     from .toyworld.pretrain import PretrainConfig, pretrain_toy
 
-    torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     roles = ["policy", "labeler"] if args.role == "both" else [args.role]
     for role in roles:
         # the labeler gets its own seed so that it does not share the policy's initialisation
@@ -46,14 +56,12 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a model on the fixed held-out toy scenes."""
-    import torch
-
     from .hallucination import EvalConfig, evaluate_policy
     from .models import load_model
     from .records import write_json
     from .toyworld.scenes import evaluation_scenes
 
-    torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     model, processor = load_model(args.model)
     t0 = time.time()
     m = evaluate_policy(model, processor, evaluation_scenes(args.n), EvalConfig(seed=args.seed), progress=True)
@@ -101,20 +109,15 @@ def _run_config(args: argparse.Namespace) -> RLAIFVConfig:
             dpo=toy_dpo_settings(max_steps=2, batch_size=4),
             eval_scenes=10, best_of_n=2, best_of_n_prompts=4, seed=args.seed,
         )  # fmt: skip
-    if args.rounds is not None:
-        cfg.rounds = args.rounds
-    if args.prompts is not None:
-        cfg.prompts_per_round = args.prompts
-    return cfg
+    overrides = {"rounds": args.rounds, "prompts_per_round": args.prompts}
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # validated again
 
 
 def cmd_round(args: argparse.Namespace) -> int:
     """Run the next unfinished round of a run (the baseline first, if missing) and print its row."""
-    import torch
-
     from .pipeline import RLAIFVRun
 
-    torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     run = RLAIFVRun(args.out, _run_config(args))
     baseline = run.baseline()
     k = run.next_round()
@@ -129,18 +132,20 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
-    import torch
-
     from .pipeline import RLAIFVRun
     from .plots import before_after_bars, metrics_per_round, save_figure
 
-    torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     cfg = _run_config(args)
     t0 = time.time()
-    summary = RLAIFVRun(args.out, cfg).run()
+    run = RLAIFVRun(args.out, cfg)
+    summary = run.run()
     rounds = summary["rounds"]
     print(f"\nRLAIF-V on the toy world: {len(rounds) - 1} rounds, held-out scenes = {cfg.eval_scenes}")
     print(_table(rounds, summary["best_of_n"]))
+    if not run.rd.writable:  # a finished run on read-only storage: shown, nothing written
+        print(f"\n{args.out} is read-only: the table above comes from its finished artifacts; nothing was written")
+        return 0
     keys = ["chair_i", "chair_s", "coverage", "labeler_accuracy"]
     save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
     save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
@@ -151,9 +156,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rlaifv`` command."""
     p = argparse.ArgumentParser(prog="rlaifv", description="RLAIF-V on a toy visual world (and real MLLMs).")
+    debug = "show the full traceback of an error (default: one line saying what went wrong and what to do)"
+    p.add_argument("--debug", action="store_true", help=debug)
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain-toy", help="train the tiny toy LLaVA policy/labeler from scratch")
+    pt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     pt.add_argument("--role", choices=["policy", "labeler", "both"], default="both")
     pt.add_argument("--out", default=None, help="folder (default: data/toy/)")
     pt.add_argument("--seed", type=int, default=0)
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("round", cmd_round, "only the next unfinished round of a run (same settings as demo; demo finishes it)"),
     ):
         de = sub.add_parser(name, help=text)
+        de.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
         de.add_argument("--out", default="runs/demo", help="run directory (resumed if it exists)")
         de.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
         de.add_argument("--prompts", type=int, default=None, help="override prompts per round")
@@ -176,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         de.set_defaults(func=func)
 
     ev = sub.add_parser("eval", help="CHAIR, coverage, yes/no and self-check accuracy on held-out scenes")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     ev.add_argument("--model", default="toy-policy", help="toy-policy, toy-labeler, or a model folder")
     ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     ev.add_argument("--seed", type=int, default=0)
@@ -189,7 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlaifv`` console script."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except RLAIFVError as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split())  # one line: what, where, what to do
+        print(f"rlaifv {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

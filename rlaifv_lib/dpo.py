@@ -19,7 +19,6 @@ import contextlib
 import copy
 import functools
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -31,11 +30,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
-from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
+from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, NonFiniteWeightsError, QuantizationUnavailableError, check_finite
 from .memory import weights_memory
-from .models import local_device_map, resolve_model
+from .models import check_model_folder, local_device_map, resolve_model
 from .pairs import to_trl_dataset
-from .records import PreferencePair, write_json
+from .records import PreferencePair, atomic_directory, write_json
 
 __all__ = [
     "DPOSettings",
@@ -122,6 +121,7 @@ class DPOSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0 (official 0.1), got {self.beta}")
         if self.learning_rate <= 0:
@@ -273,6 +273,7 @@ def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, sett
         )
         if use_gpu:
             kwargs["device_map"] = local_device_map()  # this process's GPU under accelerate launch
+    check_model_folder(_resolve(source), tokenizer=False)
     try:
         return AutoModelForImageTextToText.from_pretrained(_resolve(source), **kwargs)
     except OSError as e:
@@ -403,6 +404,7 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     peft_model = trainer.model.eval()
     quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
     adapter_dir = output_dir / "adapter"
+    _require_finite(peft_model, f"DPO training made LoRA adapters with non-finite weights, so nothing was saved to {output_dir}", only_trainable=True)
     if trainer.is_world_process_zero():  # under DDP (accelerate launch) one process writes the files
         peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
         trainer.processing_class.save_pretrained(str(adapter_dir))
@@ -427,6 +429,16 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     return result
 
 
+def _require_finite(model: torch.nn.Module, what: str, only_trainable: bool = False) -> None:
+    """``NonFiniteWeightsError`` (message ``what`` + the tensors + the fix) when a weight is NaN or infinite."""
+    bad = [n for n, p in model.named_parameters() if (p.requires_grad or not only_trainable) and p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} ({len(bad)} tensors hold NaN or infinity, e.g. {bad[0]}); earlier files are kept. Training "
+            "diverged: lower the learning rate or beta (DPOSettings), and check the pairs."
+        )
+
+
 def _load_processor(adapter_dir: str | os.PathLike, base_path: str | os.PathLike) -> Any:
     """The processor saved next to the adapters, else the base model's."""
     try:
@@ -449,6 +461,7 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
             f"{adapter_dir} holds no adapter_model.safetensors; adapters load from safetensors only (a pickled "
             "adapter_model.bin can run arbitrary code). Re-train them, or convert them on a machine you trust."
         )
+    check_model_folder(_resolve(base_path), tokenizer=False)
     try:
         base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
         processor = _load_processor(adapter_dir, base_path)
@@ -459,10 +472,8 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
             f"cannot merge adapters {adapter_dir!s} into base {base_path!s}: {e}. Check that the adapters were "
             "trained on this base (same architecture and sizes)."
         ) from None
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    processor.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # a half-written merge is never taken for a finished one
+    _require_finite(merged, f"merging {adapter_dir} into {base_path} gives non-finite weights, so nothing was saved to {out_dir}")
+    with atomic_directory(out_dir) as tmp:  # a half-written merge is never taken for a finished one
+        merged.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
     return out_dir

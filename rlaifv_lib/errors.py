@@ -6,7 +6,12 @@ notebook knows what to change.
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+from typing import Any
+
 __all__ = [
+    "check_finite",
     "RLAIFVError",
     "ConfigError",
     "ImageError",
@@ -19,7 +24,11 @@ __all__ = [
     "QuantizationUnavailableError",
     "ArtifactError",
     "RunVersionError",
+    "StaleArtifactError",
+    "RunLockedError",
     "DatasetSchemaError",
+    "EmptyEvaluationError",
+    "NonFiniteWeightsError",
 ]
 
 
@@ -71,5 +80,33 @@ class RunVersionError(ArtifactError):
     """A run directory was written by an incompatible version of rlaifv_lib."""
 
 
+class StaleArtifactError(ArtifactError):
+    """An artifact in a run directory was made with another configuration than the run's."""
+
+
+class RunLockedError(RLAIFVError, RuntimeError):
+    """Another process is writing the run directory."""
+
+
 class DatasetSchemaError(RLAIFVError, ValueError):
     """A data file does not follow the expected schema."""
+
+
+class EmptyEvaluationError(RLAIFVError, ValueError):
+    """An evaluation was asked to measure nothing (no prompts, no responses): a metric over nothing has no value."""
+
+
+class NonFiniteWeightsError(RLAIFVError, ValueError):
+    """Training produced NaN or infinite weights; they are not saved."""
+
+
+def check_finite(config: Any) -> None:
+    """``ConfigError`` naming the first field of a config dataclass that holds NaN or an infinity.
+
+    ``x <= 0`` is False for NaN, so every range check a config makes would let NaN through; each
+    config's ``__post_init__`` calls this first.
+    """
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{type(config).__name__}.{f.name} must be a finite number, got {value}")

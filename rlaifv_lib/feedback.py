@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .errors import ConfigError, YesNoTokenError
+from .errors import ConfigError, YesNoTokenError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .prefix import PlanError, PrefixPlan, plan_prefix, prefix_logits, unsupported_reason
@@ -60,6 +60,7 @@ class FeedbackConfig:
     prefix_batch_size: int = 16
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("batch_size", "prefix_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .records import Candidate, Prompt
@@ -64,6 +64,7 @@ class GuidanceConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0 (the DPO beta, official 0.1), got {self.beta}")
         if self.n < 1 or self.batch_size < 1:

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .errors import EmptyEvaluationError, check_finite
 from .breakdowns import unclaimed_sentences
 from .feedback import FeedbackConfig, yes_no_probs
 from .records import Prompt
@@ -37,6 +38,8 @@ def toy_mentions(text: str) -> list[str]:
 
 def chair(texts: Sequence[str], truths: Sequence[set[str]], mentions_fn=toy_mentions) -> dict[str, float]:
     """CHAIR_i, CHAIR_s, coverage and mean words of responses against ground-truth object sets."""
+    if len(texts) == 0:
+        raise EmptyEvaluationError("CHAIR of no responses: a rate over nothing has no value; give at least one response.")
     n_mentions = n_hall = n_hall_resp = covered = n_truth = words = 0
     for text, truth in zip(texts, truths, strict=True):
         mentions = mentions_fn(text)
@@ -103,6 +106,14 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 100
 
+    def __post_init__(self) -> None:
+        check_finite(self)
+        self.sampling()  # checks temperature, max_new_tokens and batch_size
+
+    def sampling(self) -> SamplingConfig:
+        """The decoding settings of the descriptions: one sample per scene."""
+        return SamplingConfig(n=1, temperature=self.temperature, seed=self.seed, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+
 
 def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: EvalConfig | None = None, labeler: tuple[Any, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Held-out metrics of a policy: CHAIR_i, CHAIR_s, coverage, mean words, yes/no, self-check and labeler accuracy.
@@ -115,11 +126,12 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     """
     from .claims import ToyDecomposer  # local: claims imports this module's neighbours
 
+    if not scenes:
+        raise EmptyEvaluationError("no evaluation scenes: metrics over nothing have no value. Evaluate on at least one scene (e.g. rlaifv eval --n 200).")
     cfg = cfg or EvalConfig()
     images = [render_scene(s) for s in scenes]
     prompts = [Prompt(s.id, im, INSTRUCTIONS[0]) for s, im in zip(scenes, images)]
-    scfg = SamplingConfig(n=1, temperature=cfg.temperature, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    cands = sample_candidates(model, processor, prompts, scfg, progress=progress)
+    cands = sample_candidates(model, processor, prompts, cfg.sampling(), progress=progress)
     texts = [c.text for c in cands]
     metrics: dict[str, Any] = chair(texts, [s.shapes for s in scenes])
     metrics["unclaimed_rate"] = unclaimed_sentences(texts)["rate"]

@@ -26,9 +26,11 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
+from safetensors import SafetensorError, safe_open
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from .errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError
+from .errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError, check_finite
 
 __all__ = [
     "DATA_DIR",
@@ -43,6 +45,7 @@ __all__ = [
     "resolve_model",
     "load_model",
     "load_causal_lm",
+    "check_model_folder",
     "local_device_map",
     "available_locally",
     "set_max_pixels",
@@ -88,6 +91,7 @@ class LoadOptions:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
             raise ConfigError(f"max_pixels must be None or >= 784 (one 28x28 image), got {self.max_pixels}")
         if isinstance(self.dtype, str):
@@ -137,6 +141,7 @@ class ModelPreset:
     arch: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.role not in ("policy", "decomposer"):
             raise ConfigError(f"preset role must be 'policy' or 'decomposer', got {self.role!r}")
 
@@ -319,6 +324,46 @@ def _not_found(name_or_path: Any, error: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load model {text!r}: {type(error).__name__}: {str(error)[:300]}. Fix: {hint}")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def check_model_folder(path: str | os.PathLike, trust_remote_code: bool = False, tokenizer: bool = True) -> None:
+    """``ModelLoadError`` naming the folder and the fix when a local model folder cannot load; no-op for hub ids.
+
+    Checks, without loading anything: config.json is there and names an architecture transformers
+    implements (unless ``trust_remote_code``), the tokenizer files are there (when ``tokenizer``), and every
+    ``*.safetensors`` file is complete.
+    """
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        return
+    redo = f"Delete {folder} and save the model there again (in a run directory, re-running redoes the stage that wrote it)."
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} holds no config.json, so it is not a saved model (empty, or its save was cut short). Give the folder save_pretrained wrote, or: {redo}")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{folder}/config.json is not valid JSON ({e}). {redo}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not trust_remote_code and isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{folder} needs modelling code shipped with the checkpoint (config.json has auto_map for model_type {model_type!r}, "
+            "which transformers does not implement); rlaifv_lib only loads architectures transformers implements. Use a "
+            f"checkpoint of a supported architecture (presets: {', '.join(sorted(PRESETS))})."
+        )
+    if tokenizer and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} holds no tokenizer files (none of {', '.join(_TOKENIZER_FILES)}). Save the processor next to the "
+            f"weights (processor.save_pretrained({str(folder)!r})) from the model it belongs to, or: {redo}"
+        )
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"{weights} is damaged or incomplete ({e}). {redo}") from None
+
+
 def _check_image_text(config: Any, name_or_path: Any) -> None:
     """ModelLoadError unless ``config`` is an image-text-to-text architecture."""
     model_type = getattr(config, "model_type", "")
@@ -425,6 +470,7 @@ def load_model(name_or_path: str | os.PathLike = "toy-policy", trust_remote_code
     path = resolve_model(name_or_path)
     toy = _is_toy(name_or_path)
     kwargs = _load_kwargs(options, toy)
+    check_model_folder(path, options.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code)
         _check_image_text(config, name_or_path)
@@ -434,6 +480,14 @@ def load_model(name_or_path: str | os.PathLike = "toy-policy", trust_remote_code
         if isinstance(e, ModelLoadError):
             raise
         raise _not_found(name_or_path, e) from None
+    except RuntimeError as e:
+        if "mismatch" not in str(e):
+            raise
+        raise ModelLoadError(
+            f"the weights in {path} do not fit its config.json (tensor shapes differ; transformers' load report above lists "
+            "them): config.json and *.safetensors come from different models. Save the model again with save_pretrained, "
+            "so that both come from the same model."
+        ) from None
     model.eval()
     return model, set_max_pixels(processor, options.max_pixels)
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 from datasets import Dataset
 
-from .errors import ConfigError, DatasetSchemaError, NoPairsError
+from .errors import ConfigError, DatasetSchemaError, NoPairsError, check_finite
 from .images import load_image
 from .records import PreferencePair, ScoredCandidate, read_jsonl, write_jsonl
 
@@ -88,6 +88,7 @@ class PairConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.min_margin <= 0:
             raise ConfigError(f"min_margin must be > 0 (ties never make a pair; official 1), got {self.min_margin}")
         if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:

@@ -6,7 +6,7 @@ writes one artifact to the run directory, atomically; a stage whose complete art
 not recomputed, so an interrupted run resumes where it stopped and ends with the same files.
 
     run_dir/
-      run.json                     version + configuration (checked on resume)
+      run.json                     version + configuration (checked on resume; see rlaifv_lib.rundir)
       round_0/eval.json            the baseline, before any training
       round_k/prompts.jsonl        the round's (scene, instruction) prompts
               candidates.jsonl     N deconfounded candidates per prompt
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,25 +37,23 @@ from . import __version__
 from .audit import labeler_audit
 from .claims import ClaimsConfig, make_decomposer
 from .dpo import DPOSettings, merge_adapters, toy_dpo_settings, train_dpo
-from .errors import ArtifactError, ConfigError, RunVersionError
+from .errors import ConfigError, check_finite
 from .feedback import FeedbackConfig, score_candidates, score_claims
 from .guidance import GuidanceConfig, compare_selections, score_for_guidance
 from .hallucination import EvalConfig, chair, evaluate_policy
 from .models import load_model, resolve_model
 from .pairs import PairConfig, build_pairs, pair_stats, to_trl_dataset
-from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, read_json, read_jsonl, remove_stale_temporaries, write_json, write_jsonl
+from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, read_json
+from .rundir import RunDirectory
 from .sampling import SamplingConfig, sample_candidates
 from .toyworld.grammar import INSTRUCTIONS
 from .toyworld.render import render_scene
 from .toyworld.scenes import Scene, evaluation_scenes, training_scenes
 
-__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "KILL_AFTER_ENV", "latest_policy", "quick_config", "base_and_tuned"]
+__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "latest_policy", "quick_config", "base_and_tuned"]
 
-RUN_FORMAT = 1  # bump when the layout or the meaning of an artifact changes
+RUN_FORMAT = 2  # bump when the layout or the meaning of an artifact changes (2: artifacts record their configuration)
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
-# Test hook (tests/test_resume.py): when set to an artifact path relative to the run directory (e.g.
-# "round_1/claims.jsonl", "round_1/model"), the process SIGKILLs itself right after writing it.
-KILL_AFTER_ENV = "RLAIFV_KILL_AFTER"
 
 
 @dataclass
@@ -97,14 +93,18 @@ class RLAIFVConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.rounds < 1:
             raise ConfigError(f"rounds (k) must be >= 1, got {self.rounds}")
-        if self.prompts_per_round < 1 or self.eval_scenes < 1:
-            raise ConfigError("prompts_per_round and eval_scenes must be >= 1")
+        for name in ("prompts_per_round", "eval_scenes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (a round or an evaluation over no prompt measures nothing), got {getattr(self, name)}")
         if self.sampling.n < 2:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
         if self.best_of_n == 1 or self.best_of_n < 0:
             raise ConfigError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
+        if self.best_of_n and self.best_of_n_prompts < 1:
+            raise ConfigError(f"best_of_n_prompts must be >= 1 when best_of_n is on (a best-of-N over no prompt measures nothing), got {self.best_of_n_prompts}")
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -116,45 +116,20 @@ def _round_seed(seed: int, k: int, what: str) -> int:
 
 
 class RLAIFVRun:
-    """A resumable RLAIF-V run in ``run_dir``; ``run()`` does every round that is not yet done."""
+    """A resumable RLAIF-V run in ``run_dir``; ``run()`` does every round that is not yet done.
 
-    def __init__(self, run_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True):
+    ``on_written`` (optional) is called with the path of each artifact right after it is complete.
+    """
+
+    def __init__(self, run_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True, on_written: Callable[[Path], None] | None = None):
         self.dir = Path(run_dir)
         self.cfg = cfg or RLAIFVConfig()
         self.progress = progress
-        self._check_or_write_header()
-        remove_stale_temporaries(self.dir)  # what a killed run's atomic writes left behind; never read
+        header = {"format": RUN_FORMAT, "version": __version__, "config": self.cfg.to_dict()}
+        self.rd = RunDirectory(self.dir, header, on_written, unrecorded_formats=(1,))  # locked, header checked, stale temporaries gone
         self._eval = evaluation_scenes(self.cfg.eval_scenes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._labeler = None
-
-    # ----- run directory -------------------------------------------------------------------
-    def _check_or_write_header(self) -> None:
-        header = self.dir / "run.json"
-        want = {"format": RUN_FORMAT, "version": __version__, "config": self.cfg.to_dict()}
-        if header.exists():
-            have = read_json(header)
-            if not isinstance(have, dict):
-                raise ArtifactError(f"{header} is not a run header (a JSON object); restore it from a copy or start a new run directory.")
-            if have.get("format") != RUN_FORMAT:
-                raise RunVersionError(
-                    f"{self.dir} was written by run format {have.get('format')!r} (rlaifv_lib "
-                    f"{have.get('version')}); this is format {RUN_FORMAT}. Start a new run directory."
-                )
-            if have.get("config") != want["config"]:
-                raise ConfigError(
-                    f"{self.dir} was started with a different configuration; resume it with the same "
-                    "settings or start a new run directory."
-                )
-        else:
-            write_json(header, want)
-            self._written(header)
-
-    def _written(self, path: Path) -> None:
-        """Called after each artifact is written: the ``RLAIFV_KILL_AFTER`` test hook (a no-op unless set)."""
-        target = os.environ.get(KILL_AFTER_ENV)
-        if target and Path(path).relative_to(self.dir).as_posix() == target:
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def round_dir(self, k: int) -> Path:
         """Folder of round k (0 = baseline)."""
@@ -177,15 +152,6 @@ class RLAIFVRun:
             self._labeler = load_model(self.cfg.labeler)
         return self._labeler
 
-    def _stage(self, path: Path, compute: Callable[[], list], cls: type | None) -> list:
-        """Read a finished artifact, or compute it and write it atomically."""
-        if path.exists():
-            return read_jsonl(path, cls)
-        records = compute()
-        write_jsonl(path, records)
-        self._written(path)
-        return read_jsonl(path, cls) if cls is not None else records
-
     # ----- stages --------------------------------------------------------------------------
     def _prompts(self, k: int) -> tuple[list[Prompt], dict[str, Scene]]:
         path = self.round_dir(k) / "prompts.jsonl"
@@ -194,7 +160,7 @@ class RLAIFVRun:
             scenes = training_scenes(self.cfg.prompts_per_round, seed=_round_seed(self.cfg.seed, k, "prompts"))
             return [{"id": s.id, "instruction": INSTRUCTIONS[0], "truth": s.truth(), "seed": s.seed} for s in scenes]
 
-        rows = self._stage(path, compute, None)
+        rows = self.rd.jsonl(path, compute)
         scenes = {r["id"]: Scene.from_truth(r["id"], r["truth"], r["seed"]) for r in rows}
         prompts = [Prompt(r["id"], render_scene(scenes[r["id"]]), r["instruction"], r["truth"]) for r in rows]
         return prompts, scenes
@@ -202,59 +168,53 @@ class RLAIFVRun:
     def run_round(self, k: int) -> dict:
         """Run (or resume) round k >= 1 and return its held-out metrics."""
         rd = self.round_dir(k)
-        if (rd / "eval.json").exists():
-            return read_json(rd / "eval.json")
+        if self.rd.done(rd / "eval.json"):
+            return self.rd.read_json(rd / "eval.json")
         t0 = time.perf_counter()
         start = self.policy_path(k - 1)
         prompts, scenes = self._prompts(k)
         images = {p.id: p.image for p in prompts}
         scfg = SamplingConfig(**{**asdict(self.cfg.sampling), "seed": _round_seed(self.cfg.seed, k, "sampling")})
-        cands = self._stage(rd / "candidates.jsonl", lambda: sample_candidates(*self._model(start), prompts, scfg, self.progress), Candidate)
+        cands = self.rd.jsonl(rd / "candidates.jsonl", lambda: sample_candidates(*self._model(start), prompts, scfg, self.progress), Candidate)
         decomposer = make_decomposer(self.cfg.claims)
-        claims = self._stage(rd / "claims.jsonl", lambda: decomposer.decompose_all(cands, progress=self.progress), Claim)
+        claims = self.rd.jsonl(rd / "claims.jsonl", lambda: decomposer.decompose_all(cands, progress=self.progress), Claim)
         owner = {c.id: c.prompt_id for c in cands}
-        verdicts = self._stage(
+        verdicts = self.rd.jsonl(
             rd / "verdicts.jsonl",
             lambda: score_claims(*self._labeler_for(start), claims, images, owner, self.cfg.feedback, self.progress),
             Verdict,
         )
-        scored = self._stage(rd / "scored.jsonl", lambda: score_candidates(cands, claims, verdicts), ScoredCandidate)
+        scored = self.rd.jsonl(rd / "scored.jsonl", lambda: score_candidates(cands, claims, verdicts), ScoredCandidate)
         pairs = self._pairs(k, scored, prompts)
         self._train_and_merge(k, start, pairs, prompts)
         metrics = self._evaluate(k, self.policy_path(k))
         audit = labeler_audit(claims, verdicts, scenes)
         metrics.update(n_pairs=len(pairs), train_labeler_accuracy=audit["accuracy"], seconds=time.perf_counter() - t0)
-        write_json(rd / "eval.json", metrics)
-        self._written(rd / "eval.json")
+        self.rd.write_json(rd / "eval.json", metrics)
         return metrics
 
     def _pairs(self, k: int, scored: list[ScoredCandidate], prompts: list[Prompt]) -> list[PreferencePair]:
         rd = self.round_dir(k)
         path = rd / "pairs.jsonl"
-        if path.exists():
-            return read_jsonl(path, PreferencePair)
+        if self.rd.done(path):
+            return self.rd.read_jsonl(path, PreferencePair)
         pcfg = PairConfig(**{**asdict(self.cfg.pairs), "seed": _round_seed(self.cfg.seed, k, "pairs")})
         result = build_pairs(scored, pcfg, instructions={p.id: p.instruction for p in prompts})
-        write_json(rd / "pair_stats.json", pair_stats(result))
-        write_jsonl(path, result.pairs)
-        self._written(path)
-        return read_jsonl(path, PreferencePair)
+        self.rd.write_json(rd / "pair_stats.json", pair_stats(result), report=False)
+        self.rd.write_jsonl(path, result.pairs)
+        return self.rd.read_jsonl(path, PreferencePair)
 
     def _train_and_merge(self, k: int, start: str, pairs: list[PreferencePair], prompts: list[Prompt]) -> None:
         rd = self.round_dir(k)
         model_dir = rd / "model"
-        if model_dir.exists():
+        if self.rd.done(model_dir):
             return
         if not pairs:  # nothing to learn from: the next round starts from the same policy
             tqdm.write(f"round {k}: no preference pairs (see pair_stats.json); the policy is carried over unchanged")
-            tmp = model_dir.with_name(".model.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(start, tmp)
-            os.replace(tmp, model_dir)
-            self._written(model_dir)
+            with self.rd.directory(model_dir) as tmp:
+                shutil.copytree(start, tmp, dirs_exist_ok=True)
             return
-        log = rd / "dpo" / "dpo_log.json"
-        if not log.exists():
+        if not self.rd.done(rd / "dpo"):
             by_id = {p.id: p for p in prompts}
             for pair in pairs:
                 pair.image = by_id[pair.prompt_id].image
@@ -262,9 +222,9 @@ class RLAIFVRun:
             self._loaded.clear()  # free the fp32 policy before training
             settings = DPOSettings(**{**asdict(self.cfg.dpo), "seed": _round_seed(self.cfg.seed, k, "dpo"), "progress": self.progress})
             train_dpo(start, None, to_trl_dataset(pairs), settings, rd / "dpo")
-            self._written(log)
+            self.rd.mark_done(rd / "dpo")
         merge_adapters(start, rd / "dpo" / "adapter", model_dir)
-        self._written(model_dir)
+        self.rd.mark_done(model_dir)
 
     def _evaluate(self, k: int, policy: str) -> dict:
         model, processor = self._model(policy)
@@ -276,13 +236,12 @@ class RLAIFVRun:
     def baseline(self) -> dict:
         """Held-out metrics of the starting policy (round 0)."""
         path = self.round_dir(0) / "eval.json"
-        if path.exists():
-            return read_json(path)
+        if self.rd.done(path):
+            return self.rd.read_json(path)
         t0 = time.perf_counter()
         m = self._evaluate(0, self.policy_path(0))
         m.update(n_pairs=0, seconds=time.perf_counter() - t0)
-        write_json(path, m)
-        self._written(path)
+        self.rd.write_json(path, m)
         return m
 
     def best_of_n(self) -> dict | None:
@@ -291,8 +250,8 @@ class RLAIFVRun:
         if not n:
             return None
         path = self.dir / "best_of_n.json"
-        if path.exists():
-            return read_json(path)
+        if self.rd.done(path):
+            return self.rd.read_json(path)
         scenes = self._eval[: self.cfg.best_of_n_prompts]
         prompts = [Prompt(s.id, render_scene(s), INSTRUCTIONS[0]) for s in scenes]
         base_path, final_path = self.policy_path(0), self.policy_path(self.cfg.rounds)
@@ -312,13 +271,12 @@ class RLAIFVRun:
             m = chair(texts, [truth[s.id] for s in scenes])
             prefix = "" if sel == "reward" else f"{sel}_"
             out.update({f"{prefix}{key}": m[key] for key in ("chair_i", "chair_s", "coverage", "mean_words")})
-        write_json(path, out)
-        self._written(path)
+        self.rd.write_json(path, out)
         return out
 
     def next_round(self) -> int | None:
         """The first round k (1..rounds) without a finished ``eval.json``; None when every round is done."""
-        return next((k for k in range(1, self.cfg.rounds + 1) if not (self.round_dir(k) / "eval.json").exists()), None)
+        return next((k for k in range(1, self.cfg.rounds + 1) if not self.rd.done(self.round_dir(k) / "eval.json")), None)
 
     def run(self) -> dict:
         """Baseline, every round, best-of-N; writes and returns ``summary.json``."""
@@ -326,7 +284,7 @@ class RLAIFVRun:
         for k in tqdm(range(1, self.cfg.rounds + 1), desc="RLAIF-V rounds", disable=not self.progress):
             rounds.append(self.run_round(k))
         summary = {"rounds": rounds, "best_of_n": self.best_of_n(), "config": self.cfg.to_dict()}
-        write_json(self.dir / "summary.json", summary)
+        self.rd.write_if_changed(self.dir / "summary.json", summary)  # unchanged: not rewritten (read-only storage works)
         return summary
 
 

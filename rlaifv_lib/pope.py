@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .feedback import FeedbackConfig, yes_no_probs
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
@@ -73,6 +73,7 @@ class POPEConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if "{shape}" not in self.template:
             raise ConfigError(f"template must contain '{{shape}}', got {self.template!r}")
         if self.prior_scenes < 1 or self.max_new_tokens < 1 or self.batch_size < 1:

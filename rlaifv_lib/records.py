@@ -8,12 +8,15 @@ rename), so a half-written file is never taken for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from .errors import ArtifactError
 
@@ -25,9 +28,11 @@ __all__ = [
     "ScoredCandidate",
     "PreferencePair",
     "atomic_write_text",
-    "remove_stale_temporaries",
+    "atomic_directory",
+    "remove_own_temporaries",
     "write_jsonl",
     "read_jsonl",
+    "read_jsonl_marked",
     "write_json",
     "read_json",
 ]
@@ -124,32 +129,60 @@ class PreferencePair:
 T = TypeVar("T")
 
 
-_TMP_SUFFIX = ".tmp"  # atomic_write_text's temporaries: ".<name>.<random>.tmp" beside the target
+_TMP_TAG = ".rlaifv-tmp-"  # temporaries of atomic writes: ".<name>.rlaifv-tmp-<16 hex>" beside the target
+_OWN_TMP = re.compile(r"^\..+\.rlaifv-tmp-[0-9a-f]{16}$")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete the temporaries that killed atomic writes left anywhere under ``folder``; returns how many."""
-    stale = [p for p in Path(folder).rglob(f".*{_TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink()
-    return len(stale)
+def _temporary(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` that only this module makes."""
+    return path.with_name(f".{path.name}{_TMP_TAG}{secrets.token_hex(8)}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    """Write ``text`` to ``path`` atomically (temporary beside it + rename), mode 0666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    tmp = _temporary(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open() applies the umask
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it replaces ``path`` in one rename, else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    tmp.mkdir(mode=0o777)  # mkdir applies the umask
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_own_temporaries(folders: Iterable[str | os.PathLike]) -> int:
+    """Delete the temporaries that killed atomic writes left directly in ``folders`` (only names this module
+    makes, never a folder's other files, never below them); returns how many."""
+    removed = 0
+    for folder in map(Path, folders):
+        for p in folder.iterdir():
+            if _OWN_TMP.match(p.name) and not p.is_symlink():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed += 1
+    return removed
 
 
 def _to_dict(record: Any) -> dict:
@@ -160,15 +193,24 @@ def _to_dict(record: Any) -> dict:
     return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in d.items()}
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
-    """Write records (dataclasses or dicts) as JSON Lines, atomically, ending with an end marker."""
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any], made_with: str | None = None) -> None:
+    """Write records (dataclasses or dicts) as JSON Lines, atomically, ending with an end marker (which holds
+    ``made_with``, the configuration fingerprint of a run's artifact, when given)."""
     lines = [json.dumps(_to_dict(r), sort_keys=True) for r in records]
-    lines.append(json.dumps({"__end__": True, "count": len(lines)}))
+    end: dict[str, Any] = {"__end__": True, "count": len(lines)}
+    if made_with is not None:
+        end["made_with"] = made_with
+    lines.append(json.dumps(end))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T] | list[dict]:
     """Read a JSON Lines file written by :func:`write_jsonl`; raise ``ArtifactError`` if truncated."""
+    return read_jsonl_marked(path, cls)[0]
+
+
+def read_jsonl_marked(path: str | os.PathLike, cls: type[T] | None = None) -> tuple[list[T] | list[dict], dict]:
+    """(records, end marker) of a JSON Lines file written by :func:`write_jsonl`; ``ArtifactError`` if truncated."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path} does not exist.")
@@ -206,10 +248,10 @@ def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T] |
             "end. Delete it and re-run the stage that writes it."
         )
     if cls is None:
-        return rows
+        return rows, end
     names = {f.name for f in fields(cls)}
     try:
-        return [cls(**{k: v for k, v in r.items() if k in names}) for r in rows]
+        return [cls(**{k: v for k, v in r.items() if k in names}) for r in rows], end
     except TypeError as e:
         raise ArtifactError(f"{path} does not hold {cls.__name__} records: {e}") from None
 

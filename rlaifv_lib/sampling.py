@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
 from .records import Candidate, Prompt
@@ -59,6 +59,7 @@ class SamplingConfig:
     shared_prefill: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.n < 1:
             raise ConfigError(f"n (candidates per prompt) must be >= 1, got {self.n}")
         if self.temperature <= 0:

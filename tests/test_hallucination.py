@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rlaifv_lib.errors import EmptyEvaluationError
 from rlaifv_lib.breakdowns import unclaimed_sentences
 from rlaifv_lib.hallucination import EvalConfig, chair, evaluate_policy, existence_probe, toy_mentions, yes_no_accuracy
 from rlaifv_lib.toyworld.grammar import existence_question
@@ -22,11 +23,12 @@ def test_chair_by_hand():
     assert m == {"chair_i": 1 / 3, "chair_s": 1 / 2, "coverage": 2 / 3, "mean_words": 9.0, "n_mentions": 3, "n_hallucinated": 1}
 
 
-def test_chair_counts_repeats_and_handles_empty_input():
+def test_chair_counts_repeats_and_refuses_empty_input():
     m = chair(["there is a square . there is a square ."], [{"circle"}])
     assert (m["chair_i"], m["n_hallucinated"], m["chair_s"], m["coverage"]) == (1.0, 2, 1.0, 0.0)
     assert chair([""], [{"circle"}]) == {"chair_i": 0.0, "chair_s": 0.0, "coverage": 0.0, "mean_words": 0.0, "n_mentions": 0, "n_hallucinated": 0}
-    assert chair([], [])["chair_s"] == 0.0
+    with pytest.raises(EmptyEvaluationError, match="CHAIR of no responses"):
+        chair([], [])  # a rate over nothing has no value, not 0
     with pytest.raises(ValueError):
         chair(["there is a circle ."], [])  # one truth per response
     assert toy_mentions("there is a circle . the ring ? nothing .") == ["circle", "ring"]

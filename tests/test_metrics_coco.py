@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rlaifv_lib.errors import EmptyEvaluationError
 from rlaifv_lib.metrics_coco import COCO_CATEGORIES, COCO_VOCAB, coco_chair, coco_mentions, make_vocab, normalise_truth, singular_forms
 
 # (caption, ground truth, expected mentions in order, hallucinated mentions)
@@ -98,7 +99,7 @@ def test_custom_vocab():
 
 
 def test_empty_and_mismatched_inputs():
-    m = coco_chair([], [])
-    assert m["chair_i"] == 0.0 and m["chair_s"] == 0.0 and m["chair_s_halbench"] == 0.0
+    with pytest.raises(EmptyEvaluationError):
+        coco_chair([], [])  # no responses: no rate, not 0
     with pytest.raises(ValueError):
         coco_chair(["a dog"], [])

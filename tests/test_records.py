@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rlaifv_lib.errors import ArtifactError
-from rlaifv_lib.records import Candidate, read_json, read_jsonl, remove_stale_temporaries, write_json, write_jsonl
+from rlaifv_lib.records import Candidate, read_json, read_jsonl, remove_own_temporaries, write_json, write_jsonl
 
 
 def test_round_trip(tmp_path):
     recs = [Candidate("p", 1, "there is a red circle .", 0), Candidate("p", 2, "", 1)]
     write_jsonl(tmp_path / "c.jsonl", recs)
     assert read_jsonl(tmp_path / "c.jsonl", Candidate) == recs
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]  # no temporary left
 
 
 def test_truncated_file_is_never_taken_for_a_finished_one(tmp_path):
@@ -35,13 +35,17 @@ def test_json_errors_name_the_file(tmp_path):
     assert read_json(tmp_path / "ok.json") == {"a": 1}
 
 
-def test_remove_stale_temporaries_keeps_finished_files(tmp_path):
+def test_remove_own_temporaries_removes_only_names_atomic_writes_make(tmp_path):
     write_json(tmp_path / "round_1" / "eval.json", {"chair_i": 0.1})
-    stale = [tmp_path / ".summary.json.ab12cd.tmp", tmp_path / "round_1" / ".claims.jsonl.x9.tmp"]
+    stale = [tmp_path / ".summary.json.rlaifv-tmp-0123456789abcdef", tmp_path / "round_1" / ".claims.jsonl.rlaifv-tmp-fedcba9876543210"]
     for p in stale:
         p.write_text('{"half": ')  # what a SIGKILL inside atomic_write_text leaves
-    (tmp_path / "notes.tmp").write_text("not hidden: not ours")
-    assert remove_stale_temporaries(tmp_path) == 2
-    assert not any(p.exists() for p in stale)
-    assert read_json(tmp_path / "round_1" / "eval.json") == {"chair_i": 0.1} and (tmp_path / "notes.tmp").exists()
-    assert remove_stale_temporaries(tmp_path) == 0
+    (tmp_path / ".model.rlaifv-tmp-00000000000000ff").mkdir()  # a killed atomic_directory
+    foreign = [tmp_path / "notes.tmp", tmp_path / ".vim.swp.tmp", tmp_path / ".x.rlaifv-tmp-short", tmp_path / "round_1" / ".cache.abc.tmp"]
+    for p in foreign:
+        p.write_text("not ours")
+    assert remove_own_temporaries([tmp_path, tmp_path / "round_1"]) == 3
+    assert not any(p.exists() for p in stale) and not (tmp_path / ".model.rlaifv-tmp-00000000000000ff").exists()
+    assert all(p.read_text() == "not ours" for p in foreign)
+    assert read_json(tmp_path / "round_1" / "eval.json") == {"chair_i": 0.1}
+    assert remove_own_temporaries([tmp_path]) == 0

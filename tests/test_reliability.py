@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from rlaifv_lib.errors import (
     ImageError,
     ModelLoadError,
     NoPairsError,
+    NonFiniteWeightsError,
     QuantizationUnavailableError,
     RLAIFVError,
     RunVersionError,
@@ -313,10 +316,11 @@ def run_dir(tmp_path):
     prompts, _ = run._prompts(1)
     cands = [Candidate(p.id, k, TEXT, k) for p in prompts for k in range(2)]
     rd = run.round_dir(1)
-    write_jsonl(rd / "candidates.jsonl", cands)
+    run.rd.write_jsonl(rd / "candidates.jsonl", cands)
     claims = ToyDecomposer().decompose_all(cands, progress=False)
-    write_jsonl(rd / "claims.jsonl", claims)
-    write_jsonl(rd / "verdicts.jsonl", [Verdict(c.id, 0.9, 0.1, True) for c in claims])
+    run.rd.write_jsonl(rd / "claims.jsonl", claims)
+    run.rd.write_jsonl(rd / "verdicts.jsonl", [Verdict(c.id, 0.9, 0.1, True) for c in claims])
+    run.rd.close()
     return tmp_path / "run"
 
 
@@ -401,3 +405,222 @@ def test_resuming_with_changed_settings_is_refused_and_the_run_kept(run_dir):
     with pytest.raises(ConfigError, match="different configuration.*same settings or start a new run directory"):
         RLAIFVRun(run_dir, tiny_config(prompts_per_round=3), progress=False)
     assert _snapshot(run_dir) == before
+
+
+# ----------------------------------------------------------------------------------------- non-finite values
+
+
+def _config_classes() -> list:
+    from rlaifv_lib.claims import ClaimsConfig
+    from rlaifv_lib.guidance import GuidanceConfig
+    from rlaifv_lib.hallucination import EvalConfig
+    from rlaifv_lib.models import ModelPreset
+    from rlaifv_lib.pipeline import RLAIFVConfig
+    from rlaifv_lib.pope import POPEConfig
+    from rlaifv_lib.toyworld.model import ToyModelConfig
+    from rlaifv_lib.toyworld.pretrain import PretrainConfig
+    from rlaifv_lib.toyworld.scenes import WorldConfig
+
+    preset = dict(name="p", model_id="m", role="policy", family="llava")
+    return [
+        (SamplingConfig, {}), (ClaimsConfig, {}), (FeedbackConfig, {}), (PairConfig, {}), (DPOSettings, {}),
+        (LoadOptions, {}), (GuidanceConfig, {}), (EvalConfig, {}), (RLAIFVConfig, {}), (POPEConfig, {}),
+        (ToyModelConfig, {}), (PretrainConfig, {}), (WorldConfig, {}), (ModelPreset, preset),
+    ]  # fmt: skip
+
+
+def _float_settings() -> list:
+    """(class, required args, field) for every float-valued setting of every config dataclass."""
+    from dataclasses import MISSING, fields
+
+    out = []
+    for cls, required in _config_classes():
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            if isinstance(default, float):
+                out.append(pytest.param(cls, required, f.name, id=f"{cls.__name__}.{f.name}"))
+    return out
+
+
+@pytest.mark.parametrize("cls,required,name", _float_settings())
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_every_float_setting_rejects_non_finite_values_naming_it(cls, required, name, value):
+    with pytest.raises(ConfigError, match=rf"^{cls.__name__}\.{name} must be a finite number, got {value}$"):
+        cls(**required, **{name: value})
+
+
+def test_the_float_settings_are_all_found():
+    """The parametrisation above is not empty by accident: the settings the issue names are in it."""
+    found = {p.id for p in _float_settings()}
+    assert {"SamplingConfig.temperature", "SamplingConfig.top_p", "PairConfig.min_margin", "DPOSettings.beta", "DPOSettings.learning_rate",
+            "GuidanceConfig.beta", "EvalConfig.temperature", "ModelPreset.dpo_beta"} <= found  # fmt: skip
+    assert len(found) >= 20
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_config(rounds=float("inf")), lambda: SamplingConfig(max_new_tokens=float("nan")), lambda: LoadOptions(max_pixels=float("nan"))])
+def test_integer_settings_given_non_finite_floats_are_rejected(make):
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        make()
+
+
+def test_training_that_diverges_saves_nothing_and_keeps_earlier_files(tiny_toy, tmp_path, monkeypatch):
+    from test_dpo import FAST, _pairs
+
+    monkeypatch.setattr(dpo, "bnb_available", lambda: False)  # the full-precision path: seconds
+    (tmp_path / "dpo_log.json").write_text('{"earlier": "run"}\n')
+    before = _snapshot(tmp_path)
+    diverging = DPOSettings(**{**FAST, "learning_rate": 1e38, "max_steps": 3})  # finite, but the weights overflow
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteWeightsError, match=rf"nothing was saved to {tmp_path}.*lower the learning rate"):
+        train_dpo(tiny_toy[0], tiny_toy[1], _pairs(4), diverging, tmp_path)
+    assert _snapshot(tmp_path) == before and not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_merging_non_finite_adapters_saves_nothing_and_keeps_the_old_model(tiny_toy, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = tiny_toy
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=dpo.language_model_linear_layers(model), init_lora_weights=False))
+    with torch.no_grad():
+        next(p for n, p in adapted.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    adapted.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "keep.txt").write_text("the previous merge")
+    with pytest.raises(NonFiniteWeightsError, match=r"non-finite weights, so nothing was saved to .*merged"):
+        dpo.merge_adapters(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------------------- empty evaluations
+
+
+def test_evaluations_over_nothing_are_errors_not_zeros(tiny_toy):
+    from rlaifv_lib.errors import EmptyEvaluationError
+    from rlaifv_lib.hallucination import chair, evaluate_policy
+
+    with pytest.raises(EmptyEvaluationError, match="no evaluation scenes"):
+        evaluate_policy(*tiny_toy, [])
+    with pytest.raises(EmptyEvaluationError, match="CHAIR of no responses"):
+        chair([], [])
+    with pytest.raises(ConfigError, match="best_of_n_prompts must be >= 1 when best_of_n is on"):
+        tiny_config(best_of_n_prompts=0)
+    assert tiny_config(best_of_n=0, best_of_n_prompts=0).best_of_n == 0  # off: nothing is measured
+
+
+# ----------------------------------------------------------------------------------------- model folders
+
+
+@pytest.fixture
+def model_dir(tiny_toy, tmp_path):
+    model, processor = tiny_toy
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _empty(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.unlink()
+
+
+def _edit_config(**change):
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        for key, value in change.items():
+            *path, last = key.split(".")
+            node = config
+            for part in path:
+                node = node[part]
+            node[last] = value(node[last]) if callable(value) else value
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def _no_tokenizer(folder: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+
+
+MODEL_FOLDER_CASES = {
+    "truncated model.safetensors": (_truncate, r"model\.safetensors is damaged or incomplete.*Delete {folder} and save the model"),
+    "empty folder": (_empty, r"{folder} holds no config\.json, so it is not a saved model"),
+    "no config.json": (lambda f: (f / "config.json").unlink(), r"{folder} holds no config\.json"),
+    "no tokenizer files": (_no_tokenizer, r"{folder} holds no tokenizer files.*processor\.save_pretrained"),
+    "shape mismatch": (_edit_config(**{"text_config.intermediate_size": lambda v: v + 8}), r"the weights in {folder} do not fit its config\.json"),
+    "auto_map, unknown type": (_edit_config(model_type="my_vlm", auto_map={"AutoModelForImageTextToText": "modeling_x.X"}), r"{folder} needs modelling code shipped with the checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_FOLDER_CASES))
+def test_broken_model_folder_is_a_model_load_error_naming_the_folder_and_the_fix(model_dir, case):
+    damage, pattern = MODEL_FOLDER_CASES[case]
+    damage(model_dir)
+    before = _snapshot(model_dir)
+    with pytest.raises(ModelLoadError, match=pattern.format(folder=re.escape(str(model_dir)))) as err:
+        load_model(model_dir)
+    msg = str(err.value)
+    assert "trust_remote_code" not in msg and "remote code" not in msg  # never suggests running shipped code
+    assert "sentencepiece" not in msg and "tiktoken" not in msg
+    assert _snapshot(model_dir) == before
+
+
+def test_damaged_merged_model_in_a_run_directory_names_it_and_deleting_it_redoes_the_merge(model_dir, tmp_path):
+    """The advice for a truncated model.safetensors, followed: deleting the folder leaves the stage unfinished."""
+    run = RLAIFVRun(tmp_path / "run", tiny_config(prompts_per_round=2), progress=False)
+    model = run.round_dir(1) / "model"
+    with run.rd.directory(model) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    _truncate(model)
+    with pytest.raises(ModelLoadError, match=rf"{re.escape(str(model))}/model\.safetensors is damaged.*Delete {re.escape(str(model))}"):
+        load_model(run.policy_path(1))
+    shutil.rmtree(model)
+    assert not run.rd.done(model)  # the merge stage is redone on the next run
+
+
+# ----------------------------------------------------------------------------------------- one clear line
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["demo", "--smoke", "--rounds", "0"], "rounds (k) must be >= 1, got 0"),
+        (["demo", "--smoke", "--rounds", "-1"], "rounds (k) must be >= 1, got -1"),
+        (["round", "--smoke", "--prompts", "0"], "prompts_per_round must be >= 1"),
+        (["eval", "--n", "0"], "no evaluation scenes"),
+        (["eval", "--threads", "0"], "--threads must be >= 1"),
+        (["demo", "--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_cli_errors_are_one_line_and_nothing_is_run(argv, words, tmp_path, capsys):
+    from rlaifv_lib.cli import main
+
+    out = ["--out", str(tmp_path / "run")] if argv[0] != "eval" else []
+    assert main([*argv, *out]) == 1
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert "Traceback" not in captured.err and captured.err.count("error:") == 1
+    assert last.startswith(f"rlaifv {argv[0]}: error: ") and words in last and "--debug" in last
+    assert not (tmp_path / "run").exists() and "CHAIR" not in captured.out
+
+
+def test_cli_error_exit_code_and_debug_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-model"
+    missing.mkdir()
+    plain = subprocess.run([sys.executable, "-m", "rlaifv_lib.cli", "eval", "--model", str(missing)], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    line = plain.stderr.strip().splitlines()[-1]
+    assert line.startswith("rlaifv eval: error: ") and str(missing) in line and "holds no config.json" in line
+    debug = subprocess.run([sys.executable, "-m", "rlaifv_lib.cli", "eval", "--model", str(missing), "--debug"], capture_output=True, text=True, timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ModelLoadError" in debug.stderr

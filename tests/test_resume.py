@@ -1,7 +1,7 @@
 """Kill anywhere, resume: a run killed by SIGKILL in any stage resumes to the same artifacts as a run never killed.
 
 A miniature one-round run (``tiny_config`` of test_pipeline.py, smaller still) runs in a child process and
-is SIGKILLed by the pipeline's ``RLAIFV_KILL_AFTER`` hook right after one artifact is written, that is while
+is SIGKILLed by its ``on_written`` callback right after one artifact is written, that is while
 the *next* stage is running (after run.json: during the baseline evaluation; after prompts.jsonl: during
 sampling; ...; after best_of_n.json's predecessor eval.json: during best-of-N). One more case kills from
 outside, by polling for pairs.jsonl and then killing while DPO trains/merges. Stale temporary files are
@@ -20,7 +20,7 @@ final artifact is compared with an uninterrupted run of the same seed:
   stores ``target_modules`` as a Python set, written in per-process hash order: compared as a set).
 
 Child processes come from a ``forkserver`` that has only imported the library (see
-``rlaifv_lib/_resume_worker.py``): each run is a fresh process, without paying the import time each time.
+``tests/resume_worker.py``): each run is a fresh process, without paying the import time each time.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ KILL_POINTS = [
     ("round_1/verdicts.jsonl", "scored"),
     ("round_1/scored.jsonl", "pairs"),
     ("round_1/pairs.jsonl", "dpo"),
-    ("round_1/dpo/dpo_log.json", "merge"),
+    ("round_1/dpo", "merge"),
     ("round_1/model", "eval"),
     ("round_1/eval.json", "best_of_n"),
     ("best_of_n.json", "summary"),
@@ -57,6 +57,7 @@ KILL_POINTS = [
 ORDER = [p for p, _ in KILL_POINTS] + ["summary.json"]
 MASKED_KEYS = {"seconds", "train_runtime", "train_runtime_s", "train_samples_per_second", "train_steps_per_second", "output_dir", "adapter_dir"}
 TIMEOUT_S = 300
+STALE = ".rlaifv-tmp-00000000deadbeef"  # the name rlaifv_lib.records gives the temporary of an atomic write
 
 
 def _config():
@@ -67,12 +68,12 @@ def _config():
 def ctx():
     """A forkserver context whose server has imported the library (and torch, transformers, TRL, PEFT)."""
     c = multiprocessing.get_context("forkserver")
-    c.set_forkserver_preload(["rlaifv_lib._resume_worker"])
+    c.set_forkserver_preload(["resume_worker"])
     return c
 
 
 def _start(ctx, run_dir: Path, kill_after: str | None = None):
-    from rlaifv_lib._resume_worker import run_pipeline
+    from resume_worker import run_pipeline
 
     p = ctx.Process(target=run_pipeline, args=(str(run_dir), _config(), kill_after, 1))
     p.start()
@@ -144,14 +145,14 @@ def _plant_stale_temporaries(run_dir: Path, reference: Path) -> list[Path]:
         ref = reference / rel
         if target.exists() or not ref.is_file():
             continue
-        tmp = target.with_name(f".{target.name}.stale0000.tmp")
+        tmp = target.with_name(f".{target.name}{STALE}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         data = ref.read_bytes()
         tmp.write_bytes(data[: len(data) // 2])  # cut short: would be an ArtifactError if ever read
         planted.append(tmp)
     model = run_dir / "round_1" / "model"
     if not model.exists():  # a merge killed half-way through saving
-        junk = model.with_name(".model.tmp")
+        junk = model.with_name(f".model{STALE}")
         junk.mkdir(parents=True, exist_ok=True)
         (junk / "model.safetensors").write_bytes(b"\x00" * 100)
     return planted
@@ -171,8 +172,8 @@ def _resume_and_check(ctx, run_dir: Path, reference: Path) -> None:
             assert after[rel] == (data, mtime), f"{rel} was rewritten on resume"
     _assert_same_artifacts(run_dir, reference)
     for tmp in planted:  # a stale temporary is never taken for the finished file (compared above), and is removed
-        assert tmp.with_name(tmp.name[1:].split(".stale")[0]).exists() and not tmp.exists()
-    assert not (run_dir / "round_1" / ".model.tmp").exists(), "a half-written merge was left behind"
+        assert tmp.with_name(tmp.name[1:].split(STALE)[0]).exists() and not tmp.exists()
+    assert not (run_dir / "round_1" / f".model{STALE}").exists(), "a half-written merge was left behind"
 
 
 @pytest.mark.parametrize("kill_after,during", KILL_POINTS, ids=[d for _, d in KILL_POINTS])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_finite
 from .render import CELL, IMAGE_SIZE
 from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
@@ -37,6 +37,7 @@ class ToyModelConfig:
     init_std: float = 0.1
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("vision_hidden", "vision_layers", "text_hidden", "text_layers", "heads", "intermediate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_finite
 from .grammar import INSTRUCTIONS, clean_questions, noisy_caption
 from .model import LABELER_SIZE, POLICY_SIZE, ToyModelConfig, build_toy_model
 from .render import render_scene
@@ -61,6 +61,7 @@ class PretrainConfig:
     size: ToyModelConfig | None = None
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.role not in ("policy", "labeler"):
             raise ConfigError(f"role must be 'policy' or 'labeler', got {self.role!r}")
         if self.steps is None:

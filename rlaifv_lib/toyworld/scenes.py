@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_finite
 
 __all__ = [
     "SHAPES",
@@ -126,6 +126,7 @@ class WorldConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not 1 <= self.min_objects <= self.max_objects <= len(SHAPES):
             raise ConfigError(
                 f"need 1 <= min_objects <= max_objects <= {len(SHAPES)}, got "
