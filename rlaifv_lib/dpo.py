@@ -282,6 +282,24 @@ def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
     )
 
 
+def _stage_progress() -> Any:
+    """transformers' training bar, named after its stage and without a line of metrics per logging step
+    (those go to ``DPOResult.log_history`` and ``dpo_log.json``)."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class _DPOProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc="DPO training", unit="step")
+            self.current_step = 0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    return _DPOProgress()
+
+
 @contextlib.contextmanager
 def _quiet_upstream_deprecation() -> Iterator[None]:
     """Hide one upstream FutureWarning: TRL 1.16 and PEFT read ``is_gradient_checkpointing``, which transformers 5 renamed."""
@@ -320,6 +338,11 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
             processing_class=processor,
             peft_config=_lora_config(base, settings),
         )
+    if settings.progress:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_stage_progress())
     use_gpu, _ = _device_setup()
     if quantize and (settings.fp32_adapters if settings.fp32_adapters is not None else not use_gpu):
         for p in trainer.model.parameters():  # undo TRL's bf16 cast (the optimiser is built later, in train())
