@@ -499,7 +499,7 @@ def image_only_processor(processor_cls: type, image_processor: Any, tokenizer: A
 def _processor_class_name(path: Path) -> str | None:
     for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         if (path / file).exists():
-            name = json.loads((path / file).read_text()).get("processor_class")
+            name = json.loads((path / file).read_text(encoding="utf-8")).get("processor_class")
             if name:
                 return name
     return None
@@ -516,7 +516,7 @@ def _load_processor(path: str | Path, options: LoadOptions) -> ProcessorMixin:
         if not (_torchvision_missing() and cls is not None and "video_processor" in cls.get_attributes()):
             raise
     template = Path(path) / "chat_template.jinja"
-    chat_template = template.read_text() if template.exists() else None
+    chat_template = template.read_text(encoding="utf-8") if template.exists() else None
     return image_only_processor(cls, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), chat_template)
 
 
