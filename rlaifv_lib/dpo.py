@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
 from .memory import weights_memory
 from . import models
-from .models import LoadOptions, count_parameters, language_model_linear_layers, load_kwargs, quiet_loading, resolve_model  # noqa: F401 (the two helpers' old home was here)
+from .models import LoadOptions, count_parameters, language_model_linear_layers, load_kwargs, quiet_loading, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, write_json
 
