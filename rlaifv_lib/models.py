@@ -344,11 +344,13 @@ def bnb_4bit_config(config: Any, compute_dtype: torch.dtype, double_quant: bool 
     skip = None
     if on_cpu:
         from transformers.quantizers.base import get_keys_to_not_convert
+        from transformers.quantizers.quantizers_utils import should_convert_module
 
         meta = meta_model(config, auto_class)
-        narrow = bnb_unpackable_layers(meta)
-        if narrow:  # an explicit list replaces transformers' default skips (lm_head, tied weights): keep those too
-            skip = sorted(set(get_keys_to_not_convert(meta)) | {re.escape(name) for name in narrow})
+        default = get_keys_to_not_convert(meta)  # what transformers keeps in full precision anyway (lm_head, tied weights)
+        narrow = [name for name in bnb_unpackable_layers(meta) if should_convert_module(name, default)]
+        if narrow:  # an explicit list replaces transformers' default one: keep both
+            skip = sorted(set(default) | {re.escape(name) for name in narrow})
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip)
 
 
