@@ -338,10 +338,11 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
             processing_class=processor,
             peft_config=_lora_config(base, settings),
         )
-    if settings.progress:
-        from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(ProgressCallback)  # its bar prints every log; without a bar, PrinterCallback prints them
+    trainer.remove_callback(PrinterCallback)
+    if settings.progress:
         trainer.add_callback(_stage_progress())
     use_gpu, _ = _device_setup()
     if quantize and (settings.fp32_adapters if settings.fp32_adapters is not None else not use_gpu):
