@@ -236,7 +236,7 @@ def _check_figures(page, notebook: str) -> None:
 
     cells = nbformat.read(ROOT / "notebooks" / notebook, as_version=4).cells
     expected = sum(1 for c in cells if c.cell_type == "code" and _PLOT_CALL.search(c.source))
-    figures = ".jp-OutputArea-output .jp-RenderedImage img"
+    figures = ".jp-OutputArea .jp-RenderedImage img"  # JupyterLab renders an image/png output as div.jp-RenderedImage > img
     page.wait_for_function(f"document.querySelectorAll('{figures}').length >= {expected}", timeout=RUN_TIMEOUT_MS)
     assert expected >= 1 and page.evaluate(f"[...document.querySelectorAll('{figures}')].every(i => i.complete && i.naturalWidth > 100)")
     page.locator(figures).first.screenshot(path=str(ARTIFACTS / f"{Path(notebook).stem}_figure.png"))
