@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import os
 import tempfile
 import time
@@ -28,11 +27,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, NonFiniteWeightsError, QuantizationUnavailableError, check_finite
 from .memory import weights_memory
-from .models import check_model_folder, local_device_map, resolve_model
+from . import models
+from .models import LoadOptions, check_model_folder, count_parameters, language_model_linear_layers, load_kwargs, quiet_loading, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, atomic_directory, write_json
 
@@ -41,9 +41,6 @@ __all__ = [
     "toy_dpo_settings",
     "DPOResult",
     "FALLBACK_MESSAGE",
-    "bnb_available",
-    "language_model_linear_layers",
-    "count_parameters",
     "build_dpo_trainer",
     "train_dpo",
     "merge_adapters",
@@ -55,7 +52,6 @@ FALLBACK_MESSAGE = (
     "same loss, more memory). Install a bitsandbytes build for this device to train in 4-bit, or set "
     "DPOSettings(load_in_4bit=False) to silence this message."
 )
-_NOT_LANGUAGE = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "connector", "lm_head")
 
 
 @dataclass
@@ -178,28 +174,6 @@ class DPOResult:
         return d
 
 
-@functools.lru_cache(maxsize=None)
-def _probe_bnb() -> bool:
-    """Whether bitsandbytes imports and runs a 4-bit NF4 matmul on this machine's training device."""
-    try:
-        import bitsandbytes as bnb
-        import bitsandbytes.functional as bnbf
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        w = torch.linspace(-1, 1, 64 * 64, device=device).reshape(64, 64)  # no torch.randn: leave the RNG alone
-        x = torch.linspace(-1, 1, 2 * 64, device=device).reshape(2, 64)
-        q, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
-        y = bnb.matmul_4bit(x, q.t(), quant_state=state)
-        return bool(torch.isfinite(y).all()) and tuple(y.shape) == (2, 64)
-    except Exception:  # any import error or missing kernel means "cannot run"
-        return False
-
-
-def bnb_available() -> bool:
-    """True when bitsandbytes can quantise to 4-bit NF4 and multiply here (probed once, then cached)."""
-    return _probe_bnb()
-
-
 def _as_dataset(pairs: Dataset | Sequence[PreferencePair]) -> Dataset:
     """The pairs as a Dataset holding exactly TRL's four columns; NoPairsError when there are none."""
     if len(pairs) == 0:
@@ -218,27 +192,6 @@ def _as_dataset(pairs: Dataset | Sequence[PreferencePair]) -> Dataset:
     return ds.select_columns(list(TRL_COLUMNS))
 
 
-def language_model_linear_layers(model: torch.nn.Module) -> list[str]:
-    """Full names of the linear layers of the language-model decoder (not vision tower, projector, lm_head)."""
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in _NOT_LANGUAGE):
-            out.append(name)
-    return out
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; 4-bit packed weights count as two parameters per byte."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel()
-        if p.__class__.__name__ == "Params4bit":
-            n *= 2 * p.element_size()  # two 4-bit values per byte of storage
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
-
-
 def _device_setup() -> tuple[bool, torch.dtype]:
     """(use_gpu, compute dtype): bf16 on a GPU that has it, float32 on CPU."""
     if torch.cuda.is_available():
@@ -252,30 +205,23 @@ def _resolve(path: str | os.PathLike) -> str | os.PathLike:
 
 def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, settings: DPOSettings) -> PreTrainedModel:
     """The base model to adapt: 4-bit NF4 from disk, or a full-precision (copied) model."""
-    use_gpu, dtype = _device_setup()
+    _, dtype = _device_setup()
     if isinstance(source, torch.nn.Module) and not quantize:
         return copy.deepcopy(source)  # get_peft_model edits modules in place: keep the caller's model clean
     if isinstance(source, torch.nn.Module):  # quantisation happens while loading, so round-trip through disk
         with tempfile.TemporaryDirectory(prefix="rlaifv-base-") as tmp:
-            source.save_pretrained(tmp)
+            with quiet_loading():
+                source.save_pretrained(tmp)
             base = _load_base(tmp, quantize, settings)
         base.config._name_or_path = source.config._name_or_path  # not the deleted temporary folder
         return base
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    if quantize:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=settings.double_quant,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        if use_gpu:
-            kwargs["device_map"] = local_device_map()  # this process's GPU under accelerate launch
-    check_model_folder(_resolve(source), tokenizer=False)
+    path = _resolve(source)
+    check_model_folder(path, tokenizer=False)
     try:
-        return AutoModelForImageTextToText.from_pretrained(_resolve(source), **kwargs)
+        config = AutoConfig.from_pretrained(path) if quantize else None
+        kwargs = load_kwargs(LoadOptions(load_in_4bit=quantize, double_quant=settings.double_quant, dtype=dtype), config)
+        with quiet_loading():
+            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelLoadError(
             f"cannot load the DPO base model {source!r}: {e}. Give a folder with config.json and *.safetensors "
@@ -337,6 +283,24 @@ def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
     )
 
 
+def _stage_progress() -> Any:
+    """transformers' training bar, named after its stage and without a line of metrics per logging step
+    (those go to ``DPOResult.log_history`` and ``dpo_log.json``)."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class _DPOProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc="DPO training", unit="step")
+            self.current_step = 0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    return _DPOProgress()
+
+
 @contextlib.contextmanager
 def _quiet_upstream_deprecation() -> Iterator[None]:
     """Hide one upstream FutureWarning: TRL 1.16 and PEFT read ``is_gradient_checkpointing``, which transformers 5 renamed."""
@@ -352,7 +316,7 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
     settings = settings or DPOSettings()
     dataset = _as_dataset(pairs)
     quantize = settings.load_in_4bit
-    if quantize and not bnb_available():
+    if quantize and not models.bnb_available():
         if settings.require_4bit:
             raise QuantizationUnavailableError(
                 "4-bit NF4 training was required (require_4bit=True) but bitsandbytes cannot run on this device. "
@@ -375,6 +339,12 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
             processing_class=processor,
             peft_config=_lora_config(base, settings),
         )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)  # its bar prints every log; without a bar, PrinterCallback prints them
+    trainer.remove_callback(PrinterCallback)
+    if settings.progress:
+        trainer.add_callback(_stage_progress())
     use_gpu, _ = _device_setup()
     if quantize and (settings.fp32_adapters if settings.fp32_adapters is not None else not use_gpu):
         for p in trainer.model.parameters():  # undo TRL's bf16 cast (the optimiser is built later, in train())
@@ -463,7 +433,8 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
         )
     check_model_folder(_resolve(base_path), tokenizer=False)
     try:
-        base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
+        with quiet_loading():
+            base = AutoModelForImageTextToText.from_pretrained(_resolve(base_path), dtype=torch.float32, use_safetensors=True)
         processor = _load_processor(adapter_dir, base_path)
         with _quiet_upstream_deprecation():
             merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
@@ -474,6 +445,7 @@ def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike,
         ) from None
     _require_finite(merged, f"merging {adapter_dir} into {base_path} gives non-finite weights, so nothing was saved to {out_dir}")
     with atomic_directory(out_dir) as tmp:  # a half-written merge is never taken for a finished one
-        merged.save_pretrained(str(tmp))
+        with quiet_loading():
+            merged.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
     return out_dir

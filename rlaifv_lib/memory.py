@@ -16,11 +16,10 @@ import re
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers import AutoConfig
 
 from .errors import ConfigError
-from .models import LANGUAGE_LORA_TARGETS, ModelPreset, get_preset
+from .models import LANGUAGE_LORA_TARGETS, ModelPreset, get_preset, language_model_linear_layers, meta_model
 
 __all__ = ["weights_memory", "lora_parameter_count", "image_tokens", "estimate_memory"]
 
@@ -60,18 +59,8 @@ def _as_config(config: Any) -> Any:
     return config
 
 
-def _meta_model(config: Any) -> torch.nn.Module:
-    """The architecture of ``config`` on the meta device (shapes only, no memory)."""
-    with torch.device("meta"):
-        if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-            return AutoModelForImageTextToText.from_config(config)
-        return AutoModelForCausalLM.from_config(config)
-
-
 def lora_parameter_count(model: torch.nn.Module, target_modules: str | list[str] | None = LANGUAGE_LORA_TARGETS, r: int = 64) -> int:
     """Parameters that rank-``r`` LoRA adds to the targeted linear layers (PEFT's matching rules)."""
-    from .dpo import language_model_linear_layers
-
     if target_modules is None:
         names = set(language_model_linear_layers(model))
     elif isinstance(target_modules, str):
@@ -123,7 +112,7 @@ def estimate_memory(config: Any, image_size: tuple[int, int] = (448, 448), batch
     if max_pixels is None and isinstance(config, (str, ModelPreset)):
         max_pixels = (get_preset(config) if isinstance(config, str) else config).max_pixels
     cfg = _as_config(config)
-    model = _meta_model(cfg)
+    model = meta_model(cfg)
     total = sum(p.numel() for p in model.parameters())
     lora = lora_parameter_count(model, target_modules, lora_r)
     out = weights_memory(total + lora, lora, load_in_4bit=load_in_4bit, weight_bytes=2.0)

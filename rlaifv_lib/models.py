@@ -17,15 +17,19 @@ sees 336x336, so there the cap only bounds what ``images.load_image`` hands over
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 from safetensors import SafetensorError, safe_open
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -46,6 +50,15 @@ __all__ = [
     "load_model",
     "load_causal_lm",
     "check_model_folder",
+    "load_kwargs",
+    "bnb_available",
+    "bnb_cpu_packable",
+    "bnb_unpackable_layers",
+    "bnb_4bit_config",
+    "meta_model",
+    "language_model_linear_layers",
+    "count_parameters",
+    "quiet_loading",
     "local_device_map",
     "available_locally",
     "set_max_pixels",
@@ -254,22 +267,153 @@ def _torch_dtype(options: LoadOptions, toy: bool) -> torch.dtype:
     return torch.float32
 
 
-def _load_kwargs(options: LoadOptions, toy: bool) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments for ``options`` (quantisation config included)."""
+# ---- 4-bit NF4 loading (bitsandbytes) and the layers LoRA adapts -------------------------------------------
+#
+# The shape rule, read in bitsandbytes 0.50's source: on a CPU with AVX512-BF16, ``nn.Linear4bit.forward`` repacks
+# its weight on the first forward in eval mode without gradients (``functional._convert_weight_packed_for_cpu``,
+# pure torch). The repack asserts ``out_features % 32 == 0`` (it tiles rows in blocks of ``block_n=32``) and
+# reshapes ``absmax`` -- one scale per 64 consecutive weights of the row-major weight (the blocksize of
+# ``Params4bit``) -- to ``(out_features, in_features // 64)``, which has that many elements only when
+# ``in_features % 64 == 0``. Any other shape raises (a 32-wide layer: "shape '[32, 0]' is invalid for input of
+# size 16"). CPUs without AVX512-BF16 never repack, so the failure hides on them. The library therefore keeps
+# every linear layer that breaks the rule in full precision when a 4-bit model is loaded for the CPU; a model
+# whose widths are multiples of 64 (LLaVA-1.5-7B: 4096, 11008, 1024) loses nothing.
+_BNB_BLOCKSIZE = 64  # weights per absmax scale: bitsandbytes' Params4bit default, which transformers keeps
+_BNB_CPU_BLOCK_N = 32  # output rows per tile of bitsandbytes' AVX512-BF16 CPU layout
+_NOT_LANGUAGE = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "connector", "lm_head")
+# bitsandbytes logs this at import on AVX512-BF16 CPUs: the optional `kernels` package is absent, so it uses its
+# own built-in CPU kernel instead, which gives the same results. The message means nothing for a learner.
+_HARMLESS_BNB_LOG = "Failed to load CPU gemm_4bit_forward"
+
+
+class _DropHarmlessBnbLog(logging.Filter):
+    """Drop the one bitsandbytes log line above; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_HARMLESS_BNB_LOG)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropHarmlessBnbLog())
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_bnb() -> bool:
+    """Whether bitsandbytes imports and runs a 4-bit NF4 matmul on this machine's training device."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        w = torch.linspace(-1, 1, 64 * 64, device=device).reshape(64, 64)  # no torch.randn: leave the RNG alone
+        x = torch.linspace(-1, 1, 2 * 64, device=device).reshape(2, 64)
+        q, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        y = bnb.matmul_4bit(x, q.t(), quant_state=state)
+        return bool(torch.isfinite(y).all()) and tuple(y.shape) == (2, 64)
+    except Exception:  # any import error or missing kernel means "cannot run"
+        return False
+
+
+def bnb_available() -> bool:
+    """True when bitsandbytes can quantise to 4-bit NF4 and multiply here (probed once, then cached)."""
+    return _probe_bnb()
+
+
+def bnb_cpu_packable(out_features: int, in_features: int) -> bool:
+    """Whether bitsandbytes' CPU paths can run a 4-bit linear layer of this shape (the rule stated above)."""
+    return out_features % _BNB_CPU_BLOCK_N == 0 and in_features % _BNB_BLOCKSIZE == 0
+
+
+def bnb_unpackable_layers(model: torch.nn.Module) -> dict[str, int]:
+    """``{name: weight parameters}`` of the ``nn.Linear`` layers of ``model`` that break :func:`bnb_cpu_packable`."""
+    return {name: m.weight.numel() for name, m in model.named_modules() if type(m) is torch.nn.Linear and not bnb_cpu_packable(m.out_features, m.in_features)}
+
+
+def meta_model(config: Any, auto_class: type | None = None) -> torch.nn.Module:
+    """The architecture of ``config`` on the meta device (shapes only, no memory)."""
+    if auto_class is None:
+        auto_class = AutoModelForImageTextToText if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto_class.from_config(config)
+
+
+def bnb_4bit_config(config: Any, compute_dtype: torch.dtype, double_quant: bool = True, on_cpu: bool = True, auto_class: type | None = None) -> BitsAndBytesConfig:
+    """The library's one 4-bit NF4 ``BitsAndBytesConfig`` (QLoRA); on CPU, layers that break the shape rule stay full precision.
+
+    Args:
+        config: the model's ``PretrainedConfig`` (its layers are listed on the meta device); needed when ``on_cpu``.
+        compute_dtype: dtype of the 4-bit matmuls.
+        double_quant: also quantise the quantisation constants.
+        on_cpu: the model will run on the CPU, where bitsandbytes' AVX512-BF16 path needs the shape rule.
+        auto_class: the ``AutoModel*`` class that will load it (picked from ``config`` when None).
+    """
+    skip = None
+    if on_cpu:
+        from transformers.quantizers.base import get_keys_to_not_convert
+        from transformers.quantizers.quantizers_utils import should_convert_module
+
+        meta = meta_model(config, auto_class)
+        default = get_keys_to_not_convert(meta)  # what transformers keeps in full precision anyway (lm_head, tied weights)
+        narrow = [name for name in bnb_unpackable_layers(meta) if should_convert_module(name, default)]
+        if narrow:  # an explicit list replaces transformers' default one: keep both
+            skip = sorted(set(default) | {re.escape(name) for name in narrow})
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip)
+
+
+def language_model_linear_layers(model: torch.nn.Module) -> list[str]:
+    """Full names of the linear layers of the language-model decoder (not vision tower, projector, lm_head)."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in _NOT_LANGUAGE):
+            out.append(name)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights count as two parameters per byte."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2 * p.element_size()  # two 4-bit values per byte of storage
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-call "Loading weights" / "Writing model shards" bars (the caller shows its own progress)."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled, hub_was_disabled = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # transformers' switch (it turns huggingface_hub's bars off with its own)
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+        if hub_was_disabled:
+            hub_utils.disable_progress_bars()
+
+
+def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = AutoModelForImageTextToText, toy: bool = False) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for ``options``; 4-bit loading needs the model's ``config``.
+
+    Every 4-bit load of the library (``load_model``, ``load_causal_lm``, the DPO base) goes through here, so
+    :func:`bnb_4bit_config` is the one place where a ``BitsAndBytesConfig`` is built.
+    """
     dtype = _torch_dtype(options, toy)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": options.trust_remote_code, "use_safetensors": True}
     if options.load_in_4bit:
-        from .dpo import bnb_available
-
         if not bnb_available():
             raise QuantizationUnavailableError(
                 "4-bit loading was requested (LoadOptions(load_in_4bit=True)) but bitsandbytes cannot run a 4-bit NF4 "
                 "matmul on this machine. Load in full precision (load_in_4bit=False), or install a bitsandbytes build "
                 "for this device (a CUDA GPU, or bitsandbytes >= 0.48 for CPU)."
             )
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=options.double_quant, bnb_4bit_compute_dtype=dtype)
+        on_cpu = not torch.cuda.is_available() or options.device_map in ("cpu", {"": "cpu"})
+        kwargs["quantization_config"] = bnb_4bit_config(config, dtype, options.double_quant, on_cpu, auto_class)
         if options.device_map is None and torch.cuda.is_available():
             kwargs["device_map"] = local_device_map()
     if options.device_map is not None:
@@ -402,7 +546,7 @@ def image_only_processor(processor_cls: type, image_processor: Any, tokenizer: A
 def _processor_class_name(path: Path) -> str | None:
     for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         if (path / file).exists():
-            name = json.loads((path / file).read_text()).get("processor_class")
+            name = json.loads((path / file).read_text(encoding="utf-8")).get("processor_class")
             if name:
                 return name
     return None
@@ -419,7 +563,7 @@ def _load_processor(path: str | Path, options: LoadOptions) -> ProcessorMixin:
         if not (_torchvision_missing() and cls is not None and "video_processor" in cls.get_attributes()):
             raise
     template = Path(path) / "chat_template.jinja"
-    chat_template = template.read_text() if template.exists() else None
+    chat_template = template.read_text(encoding="utf-8") if template.exists() else None
     return image_only_processor(cls, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), chat_template)
 
 
@@ -469,13 +613,14 @@ def load_model(name_or_path: str | os.PathLike = "toy-policy", trust_remote_code
         options = replace(options, max_pixels=preset.max_pixels)
     path = resolve_model(name_or_path)
     toy = _is_toy(name_or_path)
-    kwargs = _load_kwargs(options, toy)
     check_model_folder(path, options.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code)
         _check_image_text(config, name_or_path)
+        kwargs = load_kwargs(options, config, AutoModelForImageTextToText, toy)
         processor = _load_processor(path, options)
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        with quiet_loading():
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as e:
         if isinstance(e, ModelLoadError):
             raise
@@ -498,7 +643,9 @@ def load_causal_lm(name_or_path: str | os.PathLike, options: LoadOptions | None 
     path = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **_load_kwargs(options, False))
+        config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code) if options.load_in_4bit else None
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(options, config, AutoModelForCausalLM))
     except OSError as e:
         if isinstance(e, ModelLoadError):
             raise

@@ -50,7 +50,7 @@ from .toyworld.grammar import INSTRUCTIONS
 from .toyworld.render import render_scene
 from .toyworld.scenes import Scene, evaluation_scenes, training_scenes
 
-__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "latest_policy", "quick_config", "base_and_tuned"]
+__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "latest_policy", "quick_config", "notebook_config", "base_and_tuned"]
 
 RUN_FORMAT = 2  # bump when the layout or the meaning of an artifact changes (2: artifacts record their configuration)
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
@@ -308,18 +308,30 @@ def quick_config(**overrides: Any) -> RLAIFVConfig:
     return RLAIFVConfig(**{**base, **overrides})
 
 
-def base_and_tuned(run_dir: str | Path, fallback_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True) -> tuple[str, Path]:
+def notebook_config(**overrides: Any) -> RLAIFVConfig:
+    """The run notebooks 06 and 07 make, in one shared folder, when no finished ``rlaifv demo`` is there: the
+    demo's rounds (100 prompts x 8 candidates, same feedback and DPO) but two of them, 60 evaluation scenes
+    and best-of-4 on 16 scenes; ``overrides`` replace any ``RLAIFVConfig`` field."""
+    base: dict[str, Any] = dict(rounds=2, eval_scenes=60, best_of_n=4, best_of_n_prompts=16)
+    return RLAIFVConfig(**{**base, **overrides})
+
+
+def base_and_tuned(run_dir: str | Path, fallback_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True, rounds: int | None = None) -> tuple[str, Path]:
     """(starting policy, RLAIF-V-tuned policy) as model folders.
 
     The tuned policy is the last round of ``run_dir`` (e.g. ``runs/demo`` written by ``rlaifv demo``) when it
-    has one; otherwise the rounds of ``cfg`` (default :func:`quick_config`) are run, or resumed, in
-    ``fallback_dir``. The starting policy is the one named in that run's ``run.json``.
+    has one; otherwise the first ``rounds`` rounds (default: all) of ``cfg`` (default :func:`quick_config`) are
+    run, or resumed, in ``fallback_dir``. The starting policy is the one named in that run's ``run.json``.
     """
     tuned = latest_policy(run_dir)
     if tuned is not None:
         start = read_json(Path(run_dir) / "run.json")["config"]["policy"] if (Path(run_dir) / "run.json").exists() else "toy-policy"
         return str(resolve_model(start)), tuned
-    run = RLAIFVRun(fallback_dir, cfg or quick_config(), progress=progress)
-    for k in range(1, run.cfg.rounds + 1):
+    cfg = cfg or quick_config()
+    last = cfg.rounds if rounds is None else rounds
+    if not 1 <= last <= cfg.rounds:
+        raise ConfigError(f"rounds must be between 1 and the config's {cfg.rounds}, got {rounds}")
+    run = RLAIFVRun(fallback_dir, cfg, progress=progress)
+    for k in range(1, last + 1):
         run.run_round(k)
-    return run.policy_path(0), Path(run.policy_path(run.cfg.rounds))
+    return run.policy_path(0), Path(run.policy_path(last))

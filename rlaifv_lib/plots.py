@@ -1,8 +1,10 @@
 """Matplotlib figures of the RLAIF-V analysis (paper Sec. 4), used by the notebooks and the demo.
 
-Every function builds and returns a ``matplotlib.figure.Figure`` without touching pyplot's
-global state, so nothing is shown twice in a notebook (Jupyter displays a returned figure),
-nothing leaks in a loop, and any backend works (the tests use Agg). Inputs are the plain dicts
+Every function builds and returns a :class:`NotebookFigure` (a ``matplotlib.figure.Figure``) without
+touching pyplot's global state, so nothing leaks in a loop and any backend works (the tests use Agg).
+Without pyplot nothing registers a figure's image display in a fresh kernel, so the figure carries its
+own (``_repr_mimebundle_``: a PNG); and inside a Jupyter kernel each helper also queues its figure to be
+shown when the cell ends, so a cell ending in ``;`` or assigning the figure still shows it, once. Inputs are the plain dicts
 and lists of ``hallucination``, ``metrics_coco``, ``breakdowns`` and ``pope``, the numbers of
 ``pairs`` (margins, lengths) and TRL's ``trainer.state.log_history``; notebook 00 adds the
 co-occurrence prior (``breakdowns.cooccurrence_matrix``), notebook 01 a sampling sweep and
@@ -12,8 +14,12 @@ notebook 03 the score audit (``audit.score_audit``), notebook 04 the pair outcom
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,6 +28,7 @@ from .toyworld.scenes import PARTNERS, SHAPES
 
 __all__ = [
     "DEFAULT_METRICS",
+    "NotebookFigure",
     "before_after_bars",
     "metrics_per_round",
     "breakdown_bars",
@@ -42,8 +49,57 @@ DEFAULT_METRICS: tuple[str, ...] = ("chair_i", "chair_s", "coverage", "labeler_a
 _POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
 
-def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+class NotebookFigure(Figure):
+    """A matplotlib Figure that displays as a PNG image in Jupyter (JupyterLab, VS Code, Colab, nbconvert)."""
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """The figure as a base64 PNG; a figure shown here is no longer waiting for the end of its cell."""
+        _PENDING[:] = [f for f in _PENDING if f is not self]
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
+_PENDING: list[NotebookFigure] = []  # figures made by this cell and not displayed yet
+_HOOKED: set[int] = set()  # ids of the IPython shells whose post_execute event shows them
+
+
+def _kernel_shell() -> Any:
+    """The running IPython kernel's shell, or None (plain Python, the CLI, a terminal IPython)."""
+    if "IPython" not in sys.modules:
+        return None
+    shell = sys.modules["IPython"].get_ipython()
+    return shell if getattr(shell, "kernel", None) is not None else None
+
+
+def _show_pending() -> None:
+    """Display every figure this cell made and did not display (a cell ending in ``;``, or one that assigned it)."""
+    from IPython.display import display
+
+    pending, _PENDING[:] = list(_PENDING), []
+    for fig in pending:
+        display(fig)
+
+
+def _shown(helper: Callable[..., NotebookFigure]) -> Callable[..., NotebookFigure]:
+    """Make a plot helper queue its figure, inside a Jupyter kernel, to be displayed when the cell ends."""
+
+    @functools.wraps(helper)
+    def wrapper(*args: Any, **kwargs: Any) -> NotebookFigure:
+        fig = helper(*args, **kwargs)
+        shell = _kernel_shell()
+        if shell is not None:
+            if id(shell) not in _HOOKED:
+                shell.events.register("post_execute", _show_pending)
+                _HOOKED.add(id(shell))
+            _PENDING.append(fig)
+        return fig
+
+    return wrapper
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.5, 3.2)) -> tuple[NotebookFigure, np.ndarray]:
+    fig = NotebookFigure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes.ravel()
 
@@ -53,7 +109,8 @@ def _numeric(d: Mapping[str, Any], keys: Sequence[str] | None) -> list[str]:
     return [k for k in keys if isinstance(d.get(k), (int, float))]
 
 
-def before_after_bars(before: Mapping[str, Any], after: Mapping[str, Any], keys: Sequence[str] | None = DEFAULT_METRICS, labels: tuple[str, str] = ("before", "after"), title: str = "before vs after RLAIF-V") -> Figure:
+@_shown
+def before_after_bars(before: Mapping[str, Any], after: Mapping[str, Any], keys: Sequence[str] | None = DEFAULT_METRICS, labels: tuple[str, str] = ("before", "after"), title: str = "before vs after RLAIF-V") -> NotebookFigure:
     """Side-by-side bars of the metrics present in both dicts, each bar labelled with its value."""
     keys = [k for k in _numeric(before, keys) if isinstance(after.get(k), (int, float))]
     fig, (ax,) = _figure(size=(max(4.5, 1.3 * len(keys) + 1), 3.2))
@@ -67,7 +124,8 @@ def before_after_bars(before: Mapping[str, Any], after: Mapping[str, Any], keys:
     return fig
 
 
-def metrics_per_round(history: Sequence[Mapping[str, Any]], keys: Sequence[str] = DEFAULT_METRICS, title: str = "metrics per RLAIF-V round") -> Figure:
+@_shown
+def metrics_per_round(history: Sequence[Mapping[str, Any]], keys: Sequence[str] = DEFAULT_METRICS, title: str = "metrics per RLAIF-V round") -> NotebookFigure:
     """One line per metric over rounds; x is each entry's ``round`` (else its index; 0 = before training)."""
     fig, (ax,) = _figure(size=(5.5, 3.4))
     xs = [h.get("round", i) for i, h in enumerate(history)]
@@ -84,7 +142,8 @@ def metrics_per_round(history: Sequence[Mapping[str, Any]], keys: Sequence[str] 
     return fig
 
 
-def breakdown_bars(breakdown: Mapping[str, Any]) -> Figure:
+@_shown
+def breakdown_bars(breakdown: Mapping[str, Any]) -> NotebookFigure:
     """Four panels from ``breakdowns.breakdown_all``: by sentence position, by object, by claim kind, by length."""
     fig, axes = _figure(ncols=2, nrows=2, size=(4.8, 3.0))
     pos = breakdown.get("position", [])
@@ -117,7 +176,8 @@ def _object_panel(ax: Any, obj: Mapping[str, Any]) -> None:
     ax.legend(fontsize=7)
 
 
-def pope_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str] = _POPE_METRICS) -> Figure:
+@_shown
+def pope_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str] = _POPE_METRICS) -> NotebookFigure:
     """Grouped bars per POPE setting, one panel per answer mode, from ``pope.pope_all``."""
     settings = list(results)
     modes = list(dict.fromkeys(m for r in results.values() for m in r))
@@ -134,7 +194,8 @@ def pope_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics:
     return fig
 
 
-def margin_histogram(margins: Sequence[float], bins: int = 20, title: str = "score margin of preference pairs") -> Figure:
+@_shown
+def margin_histogram(margins: Sequence[float], bins: int = 20, title: str = "score margin of preference pairs") -> NotebookFigure:
     """Histogram of pair margins (score of chosen - score of rejected)."""
     fig, (ax,) = _figure()
     ax.hist(list(margins), bins=bins)
@@ -142,7 +203,8 @@ def margin_histogram(margins: Sequence[float], bins: int = 20, title: str = "sco
     return fig
 
 
-def length_histogram(chosen: Sequence[float], rejected: Sequence[float], bins: int = 20, title: str = "length of chosen vs rejected") -> Figure:
+@_shown
+def length_histogram(chosen: Sequence[float], rejected: Sequence[float], bins: int = 20, title: str = "length of chosen vs rejected") -> NotebookFigure:
     """Overlaid histograms of chosen and rejected lengths (words), with their means in the legend."""
     fig, (ax,) = _figure()
     data = [list(chosen), list(rejected)]
@@ -155,7 +217,8 @@ def length_histogram(chosen: Sequence[float], rejected: Sequence[float], bins: i
     return fig
 
 
-def dpo_curves(log_history: Sequence[Mapping[str, Any]]) -> Figure:
+@_shown
+def dpo_curves(log_history: Sequence[Mapping[str, Any]]) -> NotebookFigure:
     """Loss, reward margin/accuracy and chosen/rejected rewards over steps from TRL's ``log_history``."""
     panels = (("loss",), ("rewards/margins", "rewards/accuracies"), ("rewards/chosen", "rewards/rejected"))
     fig, axes = _figure(ncols=3, size=(4.0, 3.0))
@@ -170,7 +233,8 @@ def dpo_curves(log_history: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def scene_grid(images: Sequence[Any], captions: Sequence[str] | None = None, ncols: int = 4, size: float = 2.2, wrap: int = 28) -> Figure:
+@_shown
+def scene_grid(images: Sequence[Any], captions: Sequence[str] | None = None, ncols: int = 4, size: float = 2.2, wrap: int = 28) -> NotebookFigure:
     """A grid of PIL images (nearest-neighbour, no axes), each with its caption wrapped underneath."""
     import textwrap
 
@@ -189,7 +253,8 @@ def scene_grid(images: Sequence[Any], captions: Sequence[str] | None = None, nco
     return fig
 
 
-def cooccurrence_heatmaps(matrices: Mapping[str, Sequence[Sequence[float]]], labels: Sequence[str] = SHAPES, partners: Mapping[str, str] | None = PARTNERS) -> Figure:
+@_shown
+def cooccurrence_heatmaps(matrices: Mapping[str, Sequence[Sequence[float]]], labels: Sequence[str] = SHAPES, partners: Mapping[str, str] | None = PARTNERS) -> NotebookFigure:
     """One heatmap per named matrix from ``breakdowns.cooccurrence_matrix``: P(column shape | row shape).
 
     The diagonal (always 1) is left blank, every cell is labelled with its value, and the
@@ -220,7 +285,8 @@ def _rect(xy: tuple[float, float]) -> Any:
     return Rectangle(xy, 1, 1, fill=False, edgecolor="k", linewidth=1.5)
 
 
-def object_hallucination_bars(obj: Mapping[str, Any], title: str = "which absent objects are named") -> Figure:
+@_shown
+def object_hallucination_bars(obj: Mapping[str, Any], title: str = "which absent objects are named") -> NotebookFigure:
     """``breakdowns.by_object`` in two panels: hallucinations per shape (partner present / absent), and the
     share of hallucinations whose prior partner was in the scene next to the share expected by chance."""
     fig, axes = _figure(ncols=2, size=(4.5, 3.2))
@@ -233,7 +299,8 @@ def object_hallucination_bars(obj: Mapping[str, Any], title: str = "which absent
     return fig
 
 
-def sweep_lines(rows: Sequence[Mapping[str, Any]], x: str, keys: Sequence[str], title: str = "") -> Figure:
+@_shown
+def sweep_lines(rows: Sequence[Mapping[str, Any]], x: str, keys: Sequence[str], title: str = "") -> NotebookFigure:
     """One line per metric in ``keys`` against the setting ``x`` (e.g. a temperature sweep), one row per setting."""
     fig, (ax,) = _figure(size=(5.0, 3.4))
     xs = [float(r[x]) for r in rows]
@@ -245,7 +312,8 @@ def sweep_lines(rows: Sequence[Mapping[str, Any]], x: str, keys: Sequence[str], 
     return fig
 
 
-def score_scatter(points: Sequence[tuple[float, int]], title: str = "response score vs truly false claims") -> Figure:
+@_shown
+def score_scatter(points: Sequence[tuple[float, int]], title: str = "response score vs truly false claims") -> NotebookFigure:
     """``audit.score_audit(...)["points"]``: truly false claims (x) vs score (y), marker area = responses.
 
     The dashed line is a perfect labeler (score = -false claims).
@@ -270,7 +338,8 @@ _OUTCOME_COLOURS = {
 }  # fmt: skip
 
 
-def pair_outcome_bars(summaries: Mapping[str, Mapping[str, Any]], title: str = "what the pairs teach, by the truth") -> Figure:
+@_shown
+def pair_outcome_bars(summaries: Mapping[str, Mapping[str, Any]], title: str = "what the pairs teach, by the truth") -> NotebookFigure:
     """One stacked bar per labeler of the shares of its pairs per outcome (``audit.compare_with_perfect_labeler``)."""
     fig, (ax,) = _figure(size=(6.5, 1.2 + 0.6 * max(len(summaries), 1)))
     names = list(summaries)

@@ -42,7 +42,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .models import image_only_processor
+from .models import image_only_processor, quiet_loading
 
 __all__ = [
     "ARCHITECTURES",
@@ -241,6 +241,7 @@ def save_tiny(arch: str, folder: str | Path, init_std: float | None = None) -> P
     """
     model, processor = _seeded(arch, init_std)
     folder = Path(folder)
-    model.save_pretrained(folder)
+    with quiet_loading():
+        model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

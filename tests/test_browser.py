@@ -4,7 +4,8 @@ A JupyterLab server (no token, 127.0.0.1, a free port, temporary runtime/setting
 serves *copies* of notebooks 02 and 04, so the committed notebooks never get outputs saved into
 them. Each notebook is opened, "Run All Cells" is clicked in the Run menu (on a fresh page, up to
 three times, if JupyterLab stalls), and once its inspector has rendered the test checks the image, the coloured claims or both responses of a pair, that
-"next" shows a different item and that changing the filter changes what is shown. Screenshots go
+"next" shows a different item and that changing the filter changes what is shown; in notebook 04 it also
+checks that each plot cell's figure is an ``<img>`` on the page. Screenshots go
 to ``test-artifacts/`` (gitignored). Skips, saying why, when Chromium or Playwright is missing.
 """
 
@@ -228,6 +229,19 @@ def test_claim_inspector_in_jupyterlab(lab, browser):
         page.close()
 
 
+def _check_figures(page, notebook: str) -> None:
+    """Every cell of ``notebook`` that calls a plot helper shows its figure as a loaded ``<img>`` on the page."""
+    import nbformat
+    from test_notebooks import _PLOT_CALL
+
+    cells = nbformat.read(ROOT / "notebooks" / notebook, as_version=4).cells
+    expected = sum(1 for c in cells if c.cell_type == "code" and _PLOT_CALL.search(c.source))
+    figures = ".jp-OutputArea .jp-RenderedImage img"  # JupyterLab renders an image/png output as div.jp-RenderedImage > img
+    page.wait_for_function(f"document.querySelectorAll('{figures}').length >= {expected}", timeout=RUN_TIMEOUT_MS)
+    assert expected >= 1 and page.evaluate(f"[...document.querySelectorAll('{figures}')].every(i => i.complete && i.naturalWidth > 100)")
+    page.locator(figures).first.screenshot(path=str(ARTIFACTS / f"{Path(notebook).stem}_figure.png"))
+
+
 def test_pair_inspector_in_jupyterlab(lab, browser):
     url, _ = lab
     page = _run_all(browser, url, "04_preference_pairs.ipynb", ".rlaifv-pair-inspector", count=2)
@@ -248,5 +262,6 @@ def test_pair_inspector_in_jupyterlab(lab, browser):
         inspector.screenshot(path=str(ARTIFACTS / "pair_inspector_filtered.png"))
         page.screenshot(path=str(ARTIFACTS / "notebook_04_page.png"))
         print(f"PairInspectors with pairs: {counts}; {nav}")
+        _check_figures(page, "04_preference_pairs.ipynb")
     finally:
         page.close()

@@ -11,17 +11,16 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from rlaifv_lib import dpo
+from rlaifv_lib import dpo, models
 from rlaifv_lib.pairs import to_trl_dataset
 from rlaifv_lib.dpo import (
     TRL_COLUMNS,
     DPOSettings,
     build_dpo_trainer,
-    count_parameters,
-    language_model_linear_layers,
     merge_adapters,
     train_dpo,
 )
+from rlaifv_lib.models import count_parameters, language_model_linear_layers
 from rlaifv_lib.errors import ConfigError, NoPairsError, QuantizationUnavailableError
 from rlaifv_lib.records import PreferencePair
 
@@ -93,7 +92,7 @@ def test_targets_are_decoder_linears_only(tiny_toy):
     assert not any("vision_tower" in n or "projector" in n or n == "lm_head" for n in names)
 
 
-@pytest.mark.skipif(not dpo.bnb_available(), reason="bitsandbytes cannot run 4-bit here")
+@pytest.mark.skipif(not models.bnb_available(), reason="bitsandbytes cannot run 4-bit here")
 @pytest.mark.filterwarnings(f"ignore:{UPSTREAM_DEPRECATION}:FutureWarning")  # trainer.train() called directly
 def test_qlora_step_changes_only_lora_weights(toy_dir, tiny_toy):
     from bitsandbytes.nn import Linear4bit
@@ -116,7 +115,7 @@ def test_qlora_step_changes_only_lora_weights(toy_dir, tiny_toy):
     assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= logged
 
 
-@pytest.mark.skipif(not dpo.bnb_available(), reason="bitsandbytes cannot run 4-bit here")
+@pytest.mark.skipif(not models.bnb_available(), reason="bitsandbytes cannot run 4-bit here")
 def test_train_dpo_saves_adapters_and_log(toy_dir, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -129,18 +128,20 @@ def test_train_dpo_saves_adapters_and_log(toy_dir, tmp_path):
 
 
 def test_fallback_to_full_precision(monkeypatch, capsys, tiny_toy, tmp_path):
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)
+    monkeypatch.setattr(models, "bnb_available", lambda: False)
     model, processor = tiny_toy
     with pytest.warns(RuntimeWarning, match="full-precision LoRA"):
         result = train_dpo(model, processor, _pairs(2), DPOSettings(**{**FAST, "max_steps": 1}), tmp_path)
-    assert "falls back to full-precision LoRA" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "falls back to full-precision LoRA" in out
+    assert "'loss'" not in out and result.log_history[0]["loss"] is not None  # the log is kept, not printed per step
     assert not result.quantized
     assert not any(type(m).__name__ == "Linear4bit" for m in result.model.modules())
     assert not _has_lora(model), "the caller's model was modified"
 
 
 def test_require_4bit_raises_when_unavailable(monkeypatch, tiny_toy):
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)
+    monkeypatch.setattr(models, "bnb_available", lambda: False)
     with pytest.raises(QuantizationUnavailableError, match="require_4bit=False"):
         build_dpo_trainer(tiny_toy[0], tiny_toy[1], _pairs(2), DPOSettings(require_4bit=True), "unused")
 

@@ -72,7 +72,7 @@ def test_reward_of_identical_policy_and_reference_is_zero(tiny_toy):
 def test_peft_policy_without_reference_uses_adapters_off(tiny_toy):
     from peft import LoraConfig, get_peft_model
 
-    from rlaifv_lib.dpo import language_model_linear_layers
+    from rlaifv_lib.models import language_model_linear_layers
 
     model, processor = tiny_toy
     policy = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=language_model_linear_layers(model), init_lora_weights=False)).eval()

@@ -106,14 +106,12 @@ def test_text_only_model_is_refused_and_loads_as_decomposer(tmp_path):
 
 
 def test_four_bit_without_bitsandbytes(monkeypatch, tiny_dirs):
-    import rlaifv_lib.dpo as dpo
-
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)
+    monkeypatch.setattr(models, "bnb_available", lambda: False)
     with pytest.raises(QuantizationUnavailableError, match="bitsandbytes"):
         load_model(tiny_dirs["llava"], options=LoadOptions(load_in_4bit=True))
 
 
-@pytest.mark.skipif(not __import__("rlaifv_lib.dpo", fromlist=["x"]).bnb_available(), reason="bitsandbytes cannot run here")
+@pytest.mark.skipif(not models.bnb_available(), reason="bitsandbytes cannot run here")
 def test_four_bit_load(tiny_dirs):
     model, _ = load_model(tiny_dirs["llava"], options=LoadOptions(load_in_4bit=True))
     assert getattr(model, "is_loaded_in_4bit", False)
@@ -128,7 +126,7 @@ def test_chat_template_missing(tiny_dirs):
 
 
 def test_lora_targets_are_decoder_only(tiny_dirs):
-    from rlaifv_lib.dpo import language_model_linear_layers
+    from rlaifv_lib.models import language_model_linear_layers
 
     for arch, folder in tiny_dirs.items():
         model, _ = load_model(folder)

@@ -101,6 +101,18 @@ def test_latest_policy_and_base_and_tuned_reuse_a_finished_run(tmp_path):
     assert (cfg.rounds, cfg.prompts_per_round, cfg.sampling.n, cfg.best_of_n) == (1, 30, 6, 0)
 
 
+def test_notebook_config_is_the_demos_rounds_and_rounds_is_checked(tmp_path):
+    from rlaifv_lib.pipeline import RLAIFVConfig, base_and_tuned, notebook_config
+
+    cfg, demo = notebook_config(), RLAIFVConfig()
+    assert (cfg.rounds, cfg.eval_scenes, cfg.best_of_n) == (2, 60, 4)
+    assert (cfg.prompts_per_round, cfg.sampling, cfg.dpo, cfg.seed) == (demo.prompts_per_round, demo.sampling, demo.dpo, demo.seed)
+    for rounds in (0, 3):
+        with pytest.raises(ConfigError, match="rounds must be between 1 and the config's 2"):
+            base_and_tuned(tmp_path / "missing", tmp_path / "fallback", cfg, progress=False, rounds=rounds)
+    assert not (tmp_path / "fallback").exists()  # checked before anything is written
+
+
 @pytest.mark.slow
 def test_base_and_tuned_runs_the_fallback_round(tmp_path):
     from rlaifv_lib.pipeline import base_and_tuned

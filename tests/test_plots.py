@@ -133,3 +133,35 @@ def test_pair_outcome_bars():
     widths = [p.get_width() for p in ax.patches]
     assert widths == pytest.approx([0.6, 0.2, 0.1, 0.1, 0.75, 0.25, 0.0, 0.0])  # None drawn as 0
     assert [t.get_text() for t in ax.get_yticklabels()] == ["self-feedback (10 pairs)", "perfect labeler (12 pairs)"]
+
+
+def test_a_figure_carries_its_own_png():
+    """Without pyplot nothing registers an image display for a Figure: the helpers' figures bring their own."""
+    import base64
+
+    bundle = plots.margin_histogram([1.0, 2.0, 2.0])._repr_mimebundle_()
+    assert set(bundle) == {"image/png"}
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_figures_show_once_in_a_kernel_even_after_a_semicolon(tmp_path):
+    """In a Jupyter kernel: a returned figure, one silenced by `;`, an assigned one and two from a loop each show
+    exactly one image, pyplot imported or not; plain code shows nothing."""
+    import nbformat
+    from test_notebooks import execute_notebook
+
+    cells = {
+        "from rlaifv_lib.plots import margin_histogram\nmargin_histogram([1, 2, 3])": 1,
+        "margin_histogram([1, 2]);": 1,
+        "fig = margin_histogram([1])\nprint('assigned')": 1,
+        "import matplotlib.pyplot as plt\nmargin_histogram([1, 2])": 1,
+        "fig": 1,
+        "[margin_histogram([1]) for _ in range(2)];": 2,
+        "x = 1": 0,
+    }
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "figures.ipynb")
+    ran = execute_notebook(tmp_path / "figures.ipynb", timeout=120)
+    images = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in ran.cells]
+    assert images == list(cells.values())

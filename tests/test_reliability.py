@@ -256,7 +256,7 @@ def _pairs(n: int = 2) -> list[PreferencePair]:
 
 def test_4bit_required_where_bitsandbytes_cannot_run(tiny_toy, monkeypatch, tmp_path):
     model, processor = tiny_toy
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)
+    monkeypatch.setattr(models, "bnb_available", lambda: False)
     with pytest.raises(QuantizationUnavailableError) as err:
         build_dpo_trainer(model, processor, _pairs(), DPOSettings(require_4bit=True, progress=False), tmp_path / "out")
     msg = str(err.value)
@@ -268,7 +268,7 @@ def test_4bit_required_where_bitsandbytes_cannot_run(tiny_toy, monkeypatch, tmp_
 
 def test_4bit_falls_back_with_a_message_where_bitsandbytes_cannot_run(tiny_toy, monkeypatch, tmp_path, capsys):
     model, processor = tiny_toy
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)
+    monkeypatch.setattr(models, "bnb_available", lambda: False)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.warns(RuntimeWarning, match="falls back to full-precision LoRA"):
         trainer = build_dpo_trainer(model, processor, _pairs(), DPOSettings(max_steps=1, batch_size=2, progress=False), tmp_path / "out")
