@@ -18,13 +18,13 @@ import html
 import io
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import ipywidgets as widgets
 from PIL import Image
 
-from .audit import claim_truth
+from .audit import claim_truth, pair_audit
 from .claims import Decomposer, ToyDecomposer, toy_sentence_spans
 from .feedback import score_candidates
 from .hallucination import toy_mentions
@@ -112,6 +112,11 @@ def _scene_line(scene: Scene | None) -> str:
         return ""
     objs = ", ".join(f"{o.size} {o.colour} {o.shape} ({o.position})" for o in scene.in_reading_order())
     return f'<div class="rlaifv-truth"><b>in the image:</b> {_e(objs)}</div>'
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    """``n`` with the singular or plural form: "1 verdict contradicts", "2 verdicts contradict"."""
+    return f"{n} {singular if n == 1 else plural}"
 
 
 def _hallucinated(text: str, scene: Scene | None) -> list[str]:
@@ -291,8 +296,8 @@ class ClaimInspector(_Inspector):
         score = "no claims, no score" if item.score is None else f"score {item.score:g}"
         hall = item.hallucinated
         head = (f"<div><b>{_e(cand.id)}</b> &middot; seed {_e(cand.seed)} &middot; {score} &middot; "
-                f"{len(item.claims)} claims, {item.n_rejected} rejected"
-                + (f" &middot; {item.n_disagreements} verdicts contradict the truth" if item.scene else "")
+                f"{_count(len(item.claims), 'claim', 'claims')}, {item.n_rejected} rejected"
+                + (f" &middot; {_count(item.n_disagreements, 'verdict contradicts', 'verdicts contradict')} the truth" if item.scene else "")
                 + (f" &middot; {unplaced} not located in the text" if unplaced else "") + "</div>")  # fmt: skip
         hall_line = f'<div class="rlaifv-hallucinated"><b>hallucinated objects:</b> {_e(", ".join(hall))}</div>' if hall else ""
         body = f'<div class="rlaifv-response" style="{_RESPONSE_STYLE}">{"".join(spans) or "<i>(empty)</i>"}</div>'
@@ -322,8 +327,10 @@ class PairInspector(_Inspector):
 
     Each side shows its score, length in words, its claims (those the other response does not
     make are highlighted) and, with scenes, its truly hallucinated objects. Filters: all /
-    margin >= 2 / chosen longer / chosen shorter, and with scenes "wrong by truth" (the chosen
-    response has more hallucinated objects than the rejected one).
+    margin >= 2 / chosen longer / chosen shorter, and with scenes "wrong by truth": the pairs that
+    ``audit.pair_audit`` calls "wrong way" (the chosen names more absent objects, or as many and makes
+    more false claims). With scenes, every claim shows its truth next to its verdict. When the two
+    responses share no claim, nothing is highlighted (every claim differs) and the header says so.
 
     Args:
         pairs: the pairs (``pairs.build_pairs(...).pairs``).
@@ -352,12 +359,34 @@ class PairInspector(_Inspector):
             "chosen shorter": lambda p: word_length(p.chosen) < word_length(p.rejected),
         }
         if self.scenes:
-            filters["wrong by truth"] = lambda p: len(self._hall(p.chosen, p)) > len(self._hall(p.rejected, p))
+            filters["wrong by truth"] = lambda p: self.outcome(p) == "wrong_way"
         super().__init__(pairs, filters, empty or "no pair matches this filter")
 
     def _hall(self, text: str, pair: PreferencePair) -> list[str]:
         """Hallucinated objects of one side of a pair."""
         return _hallucinated(text, self.scenes.get(pair.prompt_id))
+
+    def outcome(self, pair: PreferencePair) -> str | None:
+        """The ``audit.PAIR_OUTCOMES`` key of a pair, by the truth of both sides' claims (None without its scene)."""
+        if pair.prompt_id not in self.scenes:
+            return None
+        claims = [replace(c, candidate_id=f"{pair.prompt_id}/{side}") for side, cid, text in (("chosen", pair.chosen_id, pair.chosen), ("rejected", pair.rejected_id, pair.rejected)) for c in self.claims_of(cid, text)]
+        named = replace(pair, chosen_id=f"{pair.prompt_id}/chosen", rejected_id=f"{pair.prompt_id}/rejected")
+        return pair_audit([named], {pair.prompt_id: self.scenes[pair.prompt_id]}, claims)["rows"][0]["outcome"]
+
+    def _truth(self, claim: Claim, pair: PreferencePair) -> bool | None:
+        """Whether a claim of the pair is true in its scene (None without the scene or for a non-toy question)."""
+        scene = self.scenes.get(pair.prompt_id)
+        return None if scene is None else claim_truth(replace(claim, candidate_id=f"{pair.prompt_id}/c"), {pair.prompt_id: scene})
+
+    def _truth_marker(self, claim: Claim, verdict: Verdict | None, pair: PreferencePair) -> str:
+        """The claim's truth beside its verdict, and a warning when the verdict contradicts it ("" without a scene)."""
+        truth = self._truth(claim, pair)
+        if truth is None:
+            return ""
+        wrong = verdict is not None and verdict.accepted != truth
+        warn = f' <b class="rlaifv-disagree" style="color:#b00">{"wrongly rejected" if truth else "wrongly accepted"}</b>' if wrong else ""
+        return f' <span class="rlaifv-claim-truth" style="color:#555">· truly {"true" if truth else "false"}</span>{warn}'
 
     def claims_of(self, candidate_id: str, text: str) -> list[Claim]:
         """The claims of one side: given ones by candidate id, else decomposed from the text."""
@@ -382,6 +411,8 @@ class PairInspector(_Inspector):
     def _side(self, pair: PreferencePair, label: str, cid: str, text: str, score: float, colour: str, claims: list[Claim], other: set[str]) -> str:
         """One column: header, response, and its claims with the ones the other side lacks highlighted."""
         only = [c.text not in other for c in claims]
+        apart = bool(claims) and bool(other) and all(only)  # no claim in common: highlighting all says nothing
+        only = [False] * len(claims) if apart else only
         toy = toy_sentence_spans(text) if any(c.span is None for c in claims) else []
         marks = [(*span, 0) for c, o in zip(claims, only) if o and (span := claim_span(c, text, toy)) is not None]
         look = {-1: (None, "rlaifv-text"), 0: (_YELLOW, "rlaifv-differs")}
@@ -390,11 +421,12 @@ class PairInspector(_Inspector):
         for c, o in zip(claims, only):
             v = self._verdicts.get(c.id)
             note = "" if v is None else (" ✓" if v.accepted else " ✗ rejected")
-            items.append(f"<li>{_span(c.text + note, _YELLOW if o else None, 'rlaifv-claim rlaifv-only' if o else 'rlaifv-claim')}</li>")
+            cls = "rlaifv-claim rlaifv-only" if o else "rlaifv-claim"
+            items.append(f"<li>{_span(c.text + note, _YELLOW if o else None, cls)}{self._truth_marker(c, v, pair)}</li>")
         hall = self._hall(text, pair)
         hall_line = f'<div class="rlaifv-hallucinated">hallucinated objects: {_e(", ".join(hall)) or "none"}</div>' if self.scenes else ""
         return (f'<div class="rlaifv-{label}" style="flex:1;border-top:4px solid {colour};padding:4px">'
-                f"<div><b>{label}</b> &middot; score {score:g} &middot; {word_length(text)} words &middot; {len(claims)} claims, "
-                f"{sum(only)} not in the other</div>"
+                f"<div><b>{label}</b> &middot; score {score:g} &middot; {_count(word_length(text), 'word', 'words')} &middot; {_count(len(claims), 'claim', 'claims')}, "
+                f"{'no claim in common with the other' if apart else f'{sum(only)} not in the other'}</div>"
                 f'<div class="rlaifv-response" style="{_RESPONSE_STYLE}">{sentences or "<i>(empty)</i>"}</div>'
-                f'{hall_line}<ul style="margin:2px 0;padding-left:18px;font-size:90%">{"".join(items)}</ul></div>')  # fmt: skip
+                f'{hall_line}<ul class="rlaifv-claim-list" style="margin:2px 0;padding-left:18px;font-size:90%;max-height:16em;overflow-y:auto">{"".join(items)}</ul></div>')  # fmt: skip

@@ -210,6 +210,26 @@ def _check_navigation(inspector) -> dict:
     return {"before": before[0], "after_next": after_next[0], "filter": changed, "after_filter": _state(inspector)[0]}
 
 
+def _find_wrongly_rejected(inspectors: list, counts: list[int]) -> str:
+    """Step through every pair (filter "all") of each inspector until one shows a correct claim the labeler
+    rejected; check that the claim's truth is shown beside its verdict there, and return where it was."""
+    for k, (inspector, n) in enumerate(zip(inspectors, counts)):
+        inspector.locator(".widget-dropdown select").select_option(label="all")
+        inspector.page.wait_for_timeout(700)
+        for step in range(n):
+            wrong = inspector.locator(".rlaifv-disagree", has_text="wrongly rejected")
+            if wrong.count():
+                item = wrong.first.locator("xpath=..")  # the claim's list item: claim, verdict, truth, warning
+                assert "✗ rejected" in item.inner_text() and "truly true" in item.locator(".rlaifv-claim-truth").inner_text()
+                assert inspector.locator(".rlaifv-claim-truth").count() >= inspector.locator(".rlaifv-claim").count()
+                item.scroll_into_view_if_needed()
+                inspector.screenshot(path=str(ARTIFACTS / "pair_inspector_wrongly_rejected.png"))
+                return f"inspector {k + 1}, pair {step + 1}: a wrongly rejected claim with its truth beside the verdict"
+            inspector.locator("button", has_text="next").click()
+            inspector.page.wait_for_timeout(400)
+    pytest.fail(f"no pair in notebook 04's inspectors ({counts} pairs) shows a wrongly rejected claim with its truth")
+
+
 def test_claim_inspector_in_jupyterlab(lab, browser):
     url, _ = lab
     page = _run_all(browser, url, "02_claim_decomposition.ipynb", ".rlaifv-claim-inspector")
@@ -261,7 +281,8 @@ def test_pair_inspector_in_jupyterlab(lab, browser):
         nav = _check_navigation(inspector)
         inspector.screenshot(path=str(ARTIFACTS / "pair_inspector_filtered.png"))
         page.screenshot(path=str(ARTIFACTS / "notebook_04_page.png"))
-        print(f"PairInspectors with pairs: {counts}; {nav}")
+        truth = _find_wrongly_rejected(inspectors, counts)
+        print(f"PairInspectors with pairs: {counts}; {nav}; {truth}")
         _check_figures(page, "04_preference_pairs.ipynb")
     finally:
         page.close()

@@ -1,5 +1,5 @@
-"""Every notebook in notebooks/ runs top to bottom without error, executed by nbmake in its own folder, and
-every cell that calls a ``rlaifv_lib.plots`` helper shows its figure as an image.
+"""Every notebook in notebooks/ and notebooks/solutions/ runs top to bottom without error, executed by nbmake in its own
+folder, and every cell that calls a ``rlaifv_lib.plots`` helper shows its figure as an image.
 
 The tests call nbmake's runner (``nbmake.nb_run.NotebookRun``, what ``pytest --nbmake`` runs for
 each notebook) so that they keep the ``notebook`` marker: ``python -m pytest -m notebook`` runs
@@ -20,7 +20,7 @@ from nbmake.nb_run import NotebookRun
 from rlaifv_lib import plots
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb")) + sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
 TIMEOUT_S = 600  # per cell, as nbmake's --nbmake-timeout
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
 _ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
@@ -51,6 +51,12 @@ def cells_missing_a_figure(nb: nbformat.NotebookNode) -> list[int]:
 
 def test_notebooks_exist():
     assert PATHS, f"no notebooks found in {NOTEBOOKS}"
+
+
+def test_every_notebook_has_its_solutions():
+    lessons = {p.stem[:2] for p in PATHS if p.parent == NOTEBOOKS}
+    solved = {p.stem[:2] for p in PATHS if p.parent.name == "solutions"}
+    assert lessons and lessons == solved, f"notebooks without solutions: {sorted(lessons - solved)}"
 
 
 def test_a_failing_cell_is_reported(tmp_path: Path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rlaifv_lib import records
-from rlaifv_lib.audit import claim_truth
+from rlaifv_lib.audit import claim_truth, pair_audit
 from rlaifv_lib.claims import ClaimsConfig, LLMDecomposer, RuleBasedDecomposer, ToyDecomposer
 from rlaifv_lib.records import Candidate, Claim, PreferencePair, Verdict
 from rlaifv_lib.toyworld import Scene, ToyObject, render_scene
@@ -302,3 +302,43 @@ def test_pair_inspector_is_linear_in_the_response_length():
     big, big_eq = _calls_to_render(2400)  # ~50,000 characters per response, ~9,600 claims
     assert small_eq == 0 and big_eq == 0  # claims are never compared pairwise (the old `c in only` list scan)
     assert big / small < 4.4, (small, big)  # linear; a quadratic step would make this ~16
+
+
+def test_pair_inspector_shows_truth_beside_verdict():
+    cands, claims, verdicts = _claim_setup([TRUE_TEXT, HALL_TEXT])
+    flipped = [Verdict(v.claim_id, 0.1, 0.9, False) if v.claim_id.startswith("p0/c0") else v for v in verdicts]  # the chosen's true claims rejected
+    ins = PairInspector([_pair(TRUE_TEXT, HALL_TEXT)], scenes={"p0": SCENE}, claims=claims, verdicts=flipped)
+    shown = ins.html
+    assert shown.count("rlaifv-claim-truth") == len(claims)  # every claim, both sides
+    assert shown.count("wrongly rejected") == sum(c.candidate_id == "p0/c0" for c in claims)
+    assert "truly false" in shown and "wrongly accepted" not in shown
+    assert "rlaifv-claim-truth" not in PairInspector([_pair(TRUE_TEXT, HALL_TEXT)]).html  # no scene, no truth
+
+
+def test_pair_inspector_wrong_by_truth_counts_the_audits_wrong_way():
+    wrong_colour = "there is a large green circle at the top left . there is a small blue square at the bottom right ."
+    texts = [TRUE_TEXT, wrong_colour, HALL_TEXT, HALL_TEXT + " there is a bar ."]
+    cands, claims, verdicts = _claim_setup(texts)
+    pairs = [PreferencePair("p0", wrong_colour, TRUE_TEXT, 1.0, "p0/c1", "p0/c0", 0.0, -1.0), _pair(TRUE_TEXT, HALL_TEXT),
+             PreferencePair("p0", texts[3], TRUE_TEXT, 1.0, "p0/c3", "p0/c0", 0.0, -1.0)]
+    audit = pair_audit(pairs, {"p0": SCENE}, claims)
+    wrong_way = [i for i, r in enumerate(audit["rows"]) if r["outcome"] == "wrong_way"]
+    assert wrong_way == [0, 2]  # the same objects but a false colour counts too, not only more absent objects
+    for given in (claims, None):  # given claims, or decomposed from the texts
+        ins = PairInspector(pairs, scenes={"p0": SCENE}, claims=given)
+        ins.filter = "wrong by truth"
+        assert ins.visible == wrong_way
+
+
+def test_pair_inspector_no_common_claim_highlights_nothing():
+    ins = PairInspector([_pair(TRUE_TEXT, "there is a small green star at the top right .")], scenes={"p0": SCENE})
+    assert "rlaifv-only" not in ins.html and "rlaifv-differs" not in ins.html
+    assert ins.html.count("no claim in common with the other") == 2
+
+
+def test_inspectors_plurals_and_scrolling_claim_list():
+    ins = PairInspector([_pair("there is a circle .", "circle")], scenes={"p0": SCENE})
+    assert "1 claim," in ins.html and "1 word " in ins.html and "max-height" in ins.html and "overflow-y:auto" in ins.html
+    one = _claim_inspector(["there is a large green circle at the top left ."], reject_false=False)  # one false claim accepted
+    assert "1 verdict contradicts the truth" in one.html
+    assert "0 verdicts contradict the truth" in _claim_inspector([TRUE_TEXT]).html
