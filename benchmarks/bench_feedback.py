@@ -15,10 +15,11 @@ import time
 import torch
 
 from rlaifv_lib.claims import ToyDecomposer
+from rlaifv_lib.engine import EngineSettings, run_pass
 from rlaifv_lib.feedback import FeedbackConfig, yes_no_probs
 from rlaifv_lib.models import chat_prompt, load_model
-from rlaifv_lib.records import Prompt
-from rlaifv_lib.sampling import SamplingConfig, sample_candidates
+from rlaifv_lib.records import Prompt, prompt_of
+from rlaifv_lib.sampling import SamplingConfig
 from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
 
 
@@ -44,10 +45,10 @@ def main() -> None:
     model, processor = load_model("toy-policy")
     scenes = evaluation_scenes(args.prompts)
     prompts = [Prompt(s.id, render_scene(s), INSTRUCTIONS[0]) for s in scenes]
-    cands = sample_candidates(model, processor, prompts, SamplingConfig(n=2), progress=False)
-    claims = ToyDecomposer().decompose_all(cands, progress=False)
-    where = {c.id: k for k, c in enumerate(cands)}
-    images = [prompts[where[c.candidate_id] // 2].image for c in claims]
+    data = run_pass(prompts, (model, processor), None, ToyDecomposer(), EngineSettings(sampling=SamplingConfig(n=2)), progress=False, pairs=False)
+    cands, claims = data.candidates, data.claims
+    by_id = {p.id: p for p in prompts}
+    images = [by_id[prompt_of(c.candidate_id)].image for c in claims]
     index = list(range(len(claims)))
     questions = [c.question for c in claims]
 
