@@ -76,3 +76,11 @@ def test_the_graph_sees_function_local_and_package_relative_imports():
 def test_rlaifv_lib_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_readme_module_table_names_every_module():
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### The library's modules") :].split("\n\n")[1]
+    named = {m for row in table.splitlines()[2:] for m in row.split("|")[1].replace("`", "").replace(",", " ").split()}
+    have = {p.name for p in ROOT.glob("*.py") if not p.name.startswith("_")} | {"toyworld/"}
+    assert named == have, f"README lacks {sorted(have - named)}, names missing {sorted(named - have)}"
