@@ -101,3 +101,15 @@ def test_rlaifv_run_on_a_tiny_real_architecture_resumes_and_exports(tmp_path: Pa
         ds = load_dataset("parquet", data_files=str(path), split="train")
         assert isinstance(ds.features["image"], ImageFeature) and len(ds) == len(pairs)
         assert ds[0]["image"].size == Image.open(pairs[0].image).size
+
+
+def test_rlaifv_eval_scores_any_model_on_a_prompt_file(tmp_path: Path):
+    policy = save_tiny("llava", tmp_path / "policy", init_std=0.1, hidden=64)
+    evals = make_prompt_file(tmp_path, "eval.jsonl", 4)
+    done = subprocess.run(_command("eval", "--model", str(policy), "--prompts", str(evals), "--out", str(tmp_path / "m.json")), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["judge"] == str(policy) and m["n_responses"] == 4 and m["n_responses_with_truth"] == 4
+    assert "judge_rejection_rate" in done.stdout and "claims_per_response" in done.stdout
+    if m["n_responses_with_objects"] == 0:
+        assert m["chair_i"] is None and "CHAIR is not defined" in done.stdout
