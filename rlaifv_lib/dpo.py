@@ -33,7 +33,7 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, QuantizationUnavailableError
 from .memory import weights_memory
-from .models import ModelPreset, get_preset, load_processor, local_device_map, resolve_model
+from .models import DPO_BETA, ModelPreset, get_preset, load_processor, local_device_map, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, write_json
 
@@ -97,7 +97,7 @@ class DPOSettings:
         progress (bool, defaults to True): show the trainer's tqdm bar.
     """
 
-    beta: float = 0.1
+    beta: float = DPO_BETA
     sft_weight: float = 0.0
     learning_rate: float = 3e-4
     epochs: float = 2.0

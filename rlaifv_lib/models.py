@@ -36,6 +36,7 @@ __all__ = [
     "TOY_LABELER",
     "LANGUAGE_LORA_TARGETS",
     "YES_NO_SUFFIX",
+    "DPO_BETA",
     "LoadOptions",
     "ModelPreset",
     "PRESETS",
@@ -57,6 +58,7 @@ TOY_POLICY = DATA_DIR / "toy" / "policy"
 TOY_LABELER = DATA_DIR / "toy" / "labeler"
 _TOY_NAMES = {"toy-policy": TOY_POLICY, "toy-labeler": TOY_LABELER}
 YES_NO_SUFFIX = " Please answer yes or no."
+DPO_BETA = 0.1  # the official DPO β: ModelPreset's and DPOSettings' default
 # attention and MLP projections of the language-model decoder only (never the vision tower, which
 # uses the same q_proj/k_proj/v_proj names in CLIP and SigLIP, nor the projector or lm_head)
 LANGUAGE_LORA_TARGETS = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -126,7 +128,7 @@ class ModelPreset:
     role: str
     family: str
     lora_target_modules: str | None = LANGUAGE_LORA_TARGETS
-    dpo_beta: float = 0.1
+    dpo_beta: float = DPO_BETA
     dpo_learning_rate: float = 1e-5
     dpo_epochs: float = 2.0
     dpo_sft_weight: float = 0.0
