@@ -8,7 +8,7 @@ not recomputed, so an interrupted run resumes where it stopped and ends with the
     run_dir/
       run.json                     version + configuration (checked on resume)
       round_0/eval.json            the baseline, before any training
-      round_k/prompts.jsonl        the round's (scene, instruction) prompts
+      round_k/prompts.jsonl        the round's (image, instruction) prompts, from the run's prompt source
               candidates.jsonl     N deconfounded candidates per prompt
               claims.jsonl         atomic claims with their polar questions
               verdicts.jsonl       labeler P(yes)/P(no) per claim
@@ -19,6 +19,9 @@ not recomputed, so an interrupted run resumes where it stopped and ends with the
               eval.json            held-out metrics of round_k/model
       best_of_n.json               inference-time guidance with the final DPO reward
       summary.json                 one row per round + best-of-N
+
+``candidates.jsonl`` to ``pairs.jsonl`` are one data-engine pass (``engine.run_pass``); the prompts come
+from ``sources.open_source(cfg.prompts, ...)`` (the toy world by default).
 """
 
 from __future__ import annotations
