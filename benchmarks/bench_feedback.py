@@ -27,11 +27,12 @@ import torch
 from PIL import Image
 
 from rlaifv_lib.claims import ToyDecomposer
+from rlaifv_lib.engine import EngineSettings, run_pass
 from rlaifv_lib.feedback import FeedbackConfig, yes_no_probs, yes_no_token_ids
 from rlaifv_lib.models import YES_NO_SUFFIX, chat_prompt, load_model
 from rlaifv_lib.prefix import prefill_tokens
-from rlaifv_lib.records import Prompt
-from rlaifv_lib.sampling import SamplingConfig, sample_candidates
+from rlaifv_lib.records import Prompt, prompt_of
+from rlaifv_lib.sampling import SamplingConfig
 from rlaifv_lib.tiny import build_llava, redraw_weights
 from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
 
@@ -73,7 +74,9 @@ def generate_probs(model, processor, images, questions, index) -> list[tuple[flo
 def real_shape(args: argparse.Namespace) -> None:
     """The three ways on a random LLaVA-1.5-shaped model, timed interleaved, with prefill tokens and agreement."""
     torch.manual_seed(0)
-    model, processor = build_llava(image_size=336, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, text_hidden=args.text_hidden, text_layers=args.text_layers)
+    h = args.text_hidden  # heads of 64 dimensions and a Llama-like MLP ratio, as LLaVA-1.5's decoder has
+    model, processor = build_llava(h, image_size=336, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, num_hidden_layers=args.text_layers,
+                                   intermediate_size=h * 43 // 16, num_attention_heads=max(1, h // 64), num_key_value_heads=max(1, h // 64))  # fmt: skip
     redraw_weights(model, 0.1)  # a wider init than Llama's 0.02, so that answers depend on image and question
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((360 + 20 * k, 480, 3)) * 255).astype("uint8")) for k in range(args.images)]
@@ -128,11 +131,11 @@ def main() -> None:
     model, processor = load_model("toy-policy")
     scenes = evaluation_scenes(args.prompts)
     prompts = [Prompt(s.id, render_scene(s), INSTRUCTIONS[0]) for s in scenes]
-    cands = sample_candidates(model, processor, prompts, SamplingConfig(n=2), progress=False)
-    claims = ToyDecomposer().decompose_all(cands, progress=False)
-    where = {c.id: k for k, c in enumerate(cands)}
+    data = run_pass(prompts, (model, processor), None, ToyDecomposer(), EngineSettings(sampling=SamplingConfig(n=2)), progress=False, pairs=False)
+    cands, claims = data.candidates, data.claims
+    by_id = {p.id: k for k, p in enumerate(prompts)}
     images = [p.image for p in prompts]
-    index = [where[c.candidate_id] // 2 for c in claims]
+    index = [by_id[prompt_of(c.candidate_id)] for c in claims]  # one image per prompt: its questions share a prefix
     questions = [c.question for c in claims]
 
     ways = {

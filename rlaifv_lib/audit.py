@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from .feedback import score_candidates
 from .hallucination import toy_mentions
 from .pairs import PairConfig, build_pairs, pair_stats
-from .records import Candidate, Claim, PreferencePair, ScoredCandidate, Verdict
+from .records import Candidate, Claim, PreferencePair, ScoredCandidate, Verdict, prompt_of
 from .toyworld.grammar import parse_question, true_answer
 from .toyworld.scenes import Scene
 
@@ -56,11 +56,6 @@ PAIR_OUTCOMES: dict[str, str] = {
     "no_true_difference": "as many absent objects and as many false claims: the margin came from labeler errors",
     "wrong_way": "the chosen names more absent objects, or as many and makes more false claims",
 }
-
-
-def prompt_of(candidate_id: str) -> str:
-    """The prompt id of a candidate id ``<prompt_id>/c<index>``."""
-    return candidate_id.rsplit("/", 1)[0]
 
 
 def _scene(scenes: dict[str, Scene], prompt_id: str) -> Scene:

@@ -1,4 +1,10 @@
-"""The ``rlaifv`` command: ``demo``, ``pretrain-toy``, ``round``, ``eval``."""
+"""The ``rlaifv`` command: ``demo``, ``pretrain-toy``, ``round``, ``run``, ``eval``.
+
+``rlaifv run`` takes its flags from :class:`RunArguments` (through ``transformers.HfArgumentParser``) and every
+other setting from a YAML file (``--config``) that mirrors ``pipeline.RLAIFVConfig`` (nested configs as
+mappings; see ``configs/``). Precedence: the preset's defaults < the config file < ``--smoke`` < the flags; the
+configuration is built, and validated, once from the final values.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,94 @@ import argparse
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, RLAIFVError
 
 if TYPE_CHECKING:
     from .pipeline import RLAIFVConfig
 
-__all__ = ["main"]
+__all__ = ["RunArguments", "SMOKE", "main", "run_values"]
+
+# tiny settings that run in seconds (`--smoke`): they check that everything runs; their numbers mean nothing
+SMOKE: dict[str, Any] = {
+    "rounds": 2, "prompts_per_round": 8, "sampling": {"n": 4, "max_new_tokens": 48, "batch_size": 32},
+    "dpo": {"max_steps": 2, "batch_size": 4}, "eval_scenes": 10, "best_of_n": 2, "best_of_n_prompts": 4,
+}  # fmt: skip
+_METRIC_KEYS = [
+    "chair_i", "chair_s", "chair_s_halbench", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy",
+    "labeler_accuracy", "unclaimed_rate", "judge_rejection_rate", "claims_per_response",
+]  # fmt: skip
+
+
+@dataclass
+class RunArguments:
+    """The flags of ``rlaifv run``; every other setting comes from ``--config``."""
+
+    out: str = field(metadata={"help": "run directory (resumed if it exists)"})
+    policy: str | None = field(default=None, metadata={"help": "starting policy: a preset name or a model folder"})
+    labeler: str | None = field(default=None, metadata={"help": "a separate labeler (preset or folder); default: self-feedback"})
+    decomposer: str | None = field(default=None, metadata={"help": "claim decomposer", "choices": ["toy", "rules", "llm"]})
+    prompts: str | None = field(default=None, metadata={"help": "training prompts: .jsonl file, image folder or RLAIF-V parquet; default: the toy world"})
+    eval_prompts: str | None = field(default=None, metadata={"help": "the fixed evaluation prompts (.jsonl)"})
+    rounds: int | None = field(default=None, metadata={"help": "on-policy rounds"})
+    prompts_per_round: int | None = field(default=None, metadata={"help": "fresh training prompts per round"})
+    n: int | None = field(default=None, metadata={"help": "candidates per prompt"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load policy, labeler and judge in 4-bit NF4 (bitsandbytes)"})
+    config: str | None = field(default=None, metadata={"help": "YAML file mirroring RLAIFVConfig (see configs/)"})
+    smoke: bool = field(default=False, metadata={"help": "tiny settings that run in seconds (checks the setup; numbers mean nothing)"})
+    seed: int | None = field(default=None, metadata={"help": "seed of everything random in the run"})
+    threads: int = field(default=2, metadata={"help": "CPU threads"})
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``base`` updated with ``top``, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_config(path: str) -> dict:
+    """The mapping of a YAML run configuration file."""
+    import yaml
+
+    from .errors import ConfigError
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of RLAIFVConfig fields, got {type(values).__name__}")
+    return values
+
+
+def run_values(args: Any) -> dict:
+    """The nested settings of a run: config file, then ``--smoke``, then the flags (unset flags change nothing)."""
+    values = _read_config(args.config) if getattr(args, "config", None) else {}
+    if args.smoke:
+        values = _merge(values, SMOKE)
+    flags: dict[str, Any] = {
+        "policy": getattr(args, "policy", None), "labeler": getattr(args, "labeler", None), "prompts": getattr(args, "prompts", None),
+        "eval_prompts": getattr(args, "eval_prompts", None), "rounds": args.rounds, "prompts_per_round": args.prompts_per_round, "seed": args.seed,
+    }  # fmt: skip
+    values = _merge(values, {k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "decomposer", None):
+        values = _merge(values, {"claims": {"decomposer": args.decomposer}})
+    if getattr(args, "n", None) is not None:
+        values = _merge(values, {"sampling": {"n": args.n}})
+    if getattr(args, "load_in_4bit", False):
+        values = _merge(values, {"load": {"load_in_4bit": True}})
+    return values
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _set_threads(n: int) -> None:
@@ -27,10 +112,13 @@ def _set_threads(n: int) -> None:
 
 
 def _print_metrics(m: dict) -> None:
-    keys = ["chair_i", "chair_s", "coverage", "mean_words", "yes_no_accuracy", "self_check_accuracy", "labeler_accuracy", "unclaimed_rate"]
-    for k in keys:
+    for k in _METRIC_KEYS:
         if k in m:
-            print(f"  {k:<22} {m[k]:.3f}")
+            print(f"  {k:<22} {_fmt(m[k])}")
+    if "judge" in m:
+        print(f"  {'judge':<22} {m['judge']} ({m['n_claims']} claims)")
+    if m.get("n_responses_with_objects") == 0:
+        print(f"  no response mentions any object of the prompts (0 of {m['n_responses_with_truth']}): CHAIR is not defined")
 
 
 def cmd_pretrain_toy(args: argparse.Namespace) -> int:
@@ -55,18 +143,22 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a model on the fixed held-out toy scenes."""
-    from .hallucination import EvalConfig, evaluate_policy
+    """Evaluate a model on the fixed held-out toy scenes, or on a prompt file (``--prompts``)."""
     from .models import load_model
     from .records import write_json
-    from .toyworld.scenes import evaluation_scenes
 
     _set_threads(args.threads)
     model, processor = load_model(args.model)
     t0 = time.time()
-    m = evaluate_policy(model, processor, evaluation_scenes(args.n), EvalConfig(seed=args.seed), progress=True)
+    if args.prompts:
+        m, what = _eval_prompts(args, model, processor), f"{args.prompts}"
+    else:
+        from .hallucination import EvalConfig, evaluate_policy
+        from .toyworld.scenes import evaluation_scenes
+
+        m, what = evaluate_policy(model, processor, evaluation_scenes(args.n), EvalConfig(seed=args.seed), progress=True), f"{args.n} held-out scenes"
     texts = m.pop("texts")
-    print(f"{args.model} on {args.n} held-out scenes ({time.time() - t0:.1f}s):")
+    print(f"{args.model} on {what} ({time.time() - t0:.1f}s):")
     _print_metrics(m)
     if args.show:
         for t in texts[: args.show]:
@@ -77,40 +169,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_prompts(args: argparse.Namespace, model: Any, processor: Any) -> dict:
+    """Object and fixed-judge metrics of ``args.model`` on the prompts of ``args.prompts``."""
+    from .claims import ClaimsConfig, make_decomposer
+    from .evaluation import evaluate_prompts
+    from .hallucination import EvalConfig
+    from .models import PRESETS, YES_NO_SUFFIX, load_model
+    from .sources import read_prompt_file
+
+    prompts = read_prompt_file(args.prompts)
+    judge_name = args.judge or args.model
+    judge = load_model(args.judge) if args.judge else None
+    suffix = PRESETS[judge_name].question_suffix if judge_name in PRESETS else YES_NO_SUFFIX
+    cfg = EvalConfig(seed=args.seed, question_suffix=suffix)
+    return evaluate_prompts(model, processor, prompts, judge, judge_name, make_decomposer(ClaimsConfig(decomposer=args.decomposer)), cfg, progress=True)
+
+
+# (key, header, width, format) of the summary table; a column is shown when some row has its key
+_COLUMNS = [
+    ("chair_i", "CHAIR_i", 9, ".3f"), ("chair_s", "CHAIR_s", 9, ".3f"), ("chair_s_halbench", "HalB_s", 8, ".3f"),
+    ("coverage", "cover", 8, ".3f"), ("judge_rejection_rate", "judge_rej", 10, ".3f"), ("claims_per_response", "claims", 8, ".1f"),
+    ("mean_words", "words", 8, ".1f"), ("labeler_accuracy", "labeler", 9, ".3f"), ("n_pairs", "pairs", 7, "d"), ("seconds", "sec", 7, ".0f"),
+]  # fmt: skip
+
+
+def _cell(value: Any, width: int, fmt: str) -> str:
+    return f"{'n/a' if value is None else format(value, fmt):>{width}}"
+
+
 def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = None) -> str:
-    """The before/after table printed by ``rlaifv demo`` (rows numbered 0, 1, ... unless ``numbers`` says)."""
-    head = f"{'round':<10}{'CHAIR_i':>9}{'CHAIR_s':>9}{'cover':>8}{'words':>8}{'labeler':>9}{'pairs':>7}{'sec':>7}"
+    """The before/after table printed by ``rlaifv demo`` and ``rlaifv run`` (rows numbered 0, 1, ... unless ``numbers`` says):
+    one column per metric that the rows have."""
+    cols = [c for c in _COLUMNS if any(c[0] in r for r in rounds)]
+    head = f"{'round':<10}" + "".join(f"{h:>{w}}" for _, h, w, _ in cols)
     lines = [head, "-" * len(head)]
     for k, r in zip(numbers or range(len(rounds)), rounds):
         name = "baseline" if k == 0 else f"round {k}"
-        lines.append(
-            f"{name:<10}{r['chair_i']:>9.3f}{r['chair_s']:>9.3f}{r['coverage']:>8.3f}{r['mean_words']:>8.1f}"
-            f"{r['labeler_accuracy']:>9.3f}{r['n_pairs']:>7d}{r['seconds']:>7.0f}"
-        )
+        lines.append(f"{name:<10}" + "".join(_cell(r.get(key), w, f) for key, _, w, f in cols))
     if best:
+        shown = [c for c in cols if c[0] in best]
         for sel, prefix in (("best-of-%d" % best["n"], ""), ("random", "random_"), ("loglik", "loglik_")):
-            lines.append(
-                f"{sel:<10}{best[prefix + 'chair_i']:>9.3f}{best[prefix + 'chair_s']:>9.3f}"
-                f"{best[prefix + 'coverage']:>8.3f}{best[prefix + 'mean_words']:>8.1f}"
-            )
+            lines.append(f"{sel:<10}" + "".join(_cell(best.get(prefix + key), w, f) for key, _, w, f in shown))
     return "\n".join(lines)
 
 
 def _run_config(args: argparse.Namespace) -> RLAIFVConfig:
-    """The ``RLAIFVConfig`` of ``rlaifv demo`` and ``rlaifv round`` (defaults, with the flags applied)."""
-    from .dpo import toy_dpo_settings
-    from .pipeline import RLAIFVConfig
-    from .sampling import SamplingConfig
+    """The ``RLAIFVConfig`` of ``rlaifv demo``/``round``/``run``: the settings of :func:`run_values`, validated once."""
+    from .pipeline import config_from_dict
 
-    cfg = RLAIFVConfig(seed=args.seed)
-    if args.smoke:  # seconds, not minutes: checks that everything runs; its numbers mean nothing
-        cfg = RLAIFVConfig(
-            rounds=2, prompts_per_round=8, sampling=SamplingConfig(n=4, max_new_tokens=48, batch_size=32),
-            dpo=toy_dpo_settings(max_steps=2, batch_size=4),
-            eval_scenes=10, best_of_n=2, best_of_n_prompts=4, seed=args.seed,
-        )  # fmt: skip
-    overrides = {"rounds": args.rounds, "prompts_per_round": args.prompts}
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # validated again
+    return config_from_dict(run_values(args))
 
 
 def cmd_round(args: argparse.Namespace) -> int:
@@ -153,6 +260,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) k RLAIF-V rounds with any policy, labeler and prompts; print the table and write the plots."""
+    import torch
+
+    from .pipeline import RLAIFVRun
+    from .plots import before_after_bars, metrics_per_round, save_figure
+
+    torch.set_num_threads(args.threads)
+    cfg = _run_config(args)
+    t0 = time.time()
+    run = RLAIFVRun(args.out, cfg)
+    summary = run.run()
+    rounds = summary["rounds"]
+    print(f"\nRLAIF-V on {run.source.name}: {len(rounds) - 1} rounds, {len(run.source.evaluation())} evaluation prompts")
+    print(_table(rounds, summary["best_of_n"]))
+    if "judge" in rounds[0]:
+        print(f"judge_rej: share of claims rejected by the fixed judge {rounds[0]['judge']}")
+    keys = [k for k in ("chair_i", "chair_s", "coverage", "labeler_accuracy", "judge_rejection_rate") if all(r.get(k) is not None for r in rounds)]
+    if keys:
+        save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
+        save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
+    print(f"\nwrote {args.out}/summary.json{' and plots' if keys else ''} ({time.time() - t0:.0f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rlaifv`` command."""
     p = argparse.ArgumentParser(prog="rlaifv", description="RLAIF-V on a toy visual world (and real MLLMs).")
@@ -178,15 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
         de.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
         de.add_argument("--out", default="runs/demo", help="run directory (resumed if it exists)")
         de.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
-        de.add_argument("--prompts", type=int, default=None, help="override prompts per round")
+        de.add_argument("--prompts", dest="prompts_per_round", type=int, default=None, help="override prompts per round")
         de.add_argument("--seed", type=int, default=0)
         de.add_argument("--threads", type=int, default=2)
         de.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds (checks the install; numbers mean nothing)")
         de.set_defaults(func=func)
 
-    ev = sub.add_parser("eval", help="CHAIR, coverage, yes/no and self-check accuracy on held-out scenes")
+    from transformers import HfArgumentParser
+
+    run = sub.add_parser("run", parents=[HfArgumentParser(RunArguments, add_help=False)], help="k RLAIF-V rounds with any policy, labeler and prompts")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="CHAIR, coverage, yes/no and self-check accuracy on held-out scenes, or metrics on a prompt file")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
-    ev.add_argument("--model", default="toy-policy", help="toy-policy, toy-labeler, or a model folder")
+    ev.add_argument("--model", default="toy-policy", help="toy-policy, toy-labeler, a preset or a model folder")
+    ev.add_argument("--prompts", default=None, help="a .jsonl prompt file: object metrics (from 'objects') and the judge's rejection rate")
+    ev.add_argument("--judge", default=None, help="with --prompts: the fixed judge (preset or folder); default: the model itself")
+    ev.add_argument("--decomposer", choices=["rules"], default="rules", help="with --prompts: the claim decomposer")
     ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")

@@ -27,12 +27,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
 
 from .errors import ConfigError, DatasetSchemaError, ModelLoadError, NoPairsError, NonFiniteWeightsError, QuantizationUnavailableError, check_finite
 from .memory import weights_memory
 from . import models
-from .models import LoadOptions, check_model_folder, count_parameters, language_model_linear_layers, load_kwargs, quiet_loading, resolve_model
+from .models import DPO_BETA, LoadOptions, ModelPreset, check_model_folder, count_parameters, get_preset, language_model_linear_layers, load_kwargs, load_processor, quiet_loading, resolve_model
 from .pairs import to_trl_dataset
 from .records import PreferencePair, atomic_directory, write_json
 
@@ -92,7 +92,7 @@ class DPOSettings:
         progress (bool, defaults to True): show the trainer's tqdm bar.
     """
 
-    beta: float = 0.1
+    beta: float = DPO_BETA
     sft_weight: float = 0.0
     learning_rate: float = 3e-4
     epochs: float = 2.0
@@ -138,6 +138,12 @@ class DPOSettings:
         if self.require_4bit and not self.load_in_4bit:
             raise ConfigError("require_4bit=True needs load_in_4bit=True")
 
+    @classmethod
+    def from_preset(cls, preset: str | ModelPreset, **overrides: Any) -> "DPOSettings":
+        """The settings a preset recommends (β, learning rate, epochs, SFT weight, LoRA shape), updated with ``overrides``."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        return cls(**{**preset.dpo_overrides(), **overrides})
+
 
 def toy_dpo_settings(**overrides: Any) -> DPOSettings:
     """The DPO settings calibrated for the toy world and used by ``rlaifv demo``: the "toy-policy" preset's
@@ -147,9 +153,7 @@ def toy_dpo_settings(**overrides: Any) -> DPOSettings:
     responses (official weight 0), which kept the 1M-parameter policy from drifting into repeated,
     degenerate sentences (README, Results). ``overrides`` replace any field.
     """
-    from .models import get_preset
-
-    return get_preset("toy-policy").dpo_settings(**overrides)
+    return DPOSettings.from_preset("toy-policy", **overrides)
 
 
 @dataclass
@@ -328,7 +332,7 @@ def build_dpo_trainer(model: str | os.PathLike | PreTrainedModel, processor: Any
     if processor is None:
         if isinstance(model, torch.nn.Module):
             raise ConfigError("pass the processor when the model is an object (it cannot be loaded from a path).")
-        processor = AutoProcessor.from_pretrained(_resolve(model))
+        processor = load_processor(model)
     base = _load_base(model, quantize, settings)
     with _quiet_upstream_deprecation():
         trainer = DPOTrainer(
@@ -410,11 +414,11 @@ def _require_finite(model: torch.nn.Module, what: str, only_trainable: bool = Fa
 
 
 def _load_processor(adapter_dir: str | os.PathLike, base_path: str | os.PathLike) -> Any:
-    """The processor saved next to the adapters, else the base model's."""
+    """The processor saved next to the adapters, else the base model's (through ``models.load_processor``)."""
     try:
-        return AutoProcessor.from_pretrained(str(adapter_dir))
+        return load_processor(adapter_dir)
     except (OSError, ValueError):
-        return AutoProcessor.from_pretrained(_resolve(base_path))
+        return load_processor(base_path)
 
 
 def merge_adapters(base_path: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

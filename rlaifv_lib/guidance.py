@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .dpo import DPOSettings
 from .errors import ConfigError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
@@ -46,31 +47,26 @@ class GuidanceConfig:
     """Settings of best-of-N guidance.
 
     Args:
-        beta (float, defaults to 0.1): the DPO beta of the implicit reward (use the one the policy was trained with).
-        n (int, defaults to 8): candidates per prompt (the paper scales N from 1 to 64).
+        beta (float, defaults to DPOSettings' β): the DPO beta of the implicit reward (use the one the policy was
+            trained with).
         length_normalise (bool, defaults to True): divide the summed log-ratio (and log-likelihood) by the
             number of response tokens, as in paper v2.
-        selection (str, defaults to "reward"): "reward" (implicit reward), "loglik" (policy log-likelihood)
-            or "random" (a seeded random pick, the baseline).
-        seed (int, defaults to 0): seed of the random pick.
         batch_size (int, defaults to 32): sequences per teacher-forced forward pass.
+
+    How many candidates to sample is the sampler's ``SamplingConfig.n``; which rule picks among them is
+    :func:`best_of_n`'s ``selection``.
     """
 
-    beta: float = 0.1
-    n: int = 8
+    beta: float = DPOSettings.beta
     length_normalise: bool = True
-    selection: str = "reward"
-    seed: int = 0
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.beta <= 0:
-            raise ConfigError(f"beta must be > 0 (the DPO beta, official 0.1), got {self.beta}")
-        if self.n < 1 or self.batch_size < 1:
-            raise ConfigError("n and batch_size must be >= 1")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if not self.beta > 0 or self.beta == float("inf"):
+            raise ConfigError(f"beta must be a finite number > 0 (the DPO beta, official 0.1), got {self.beta}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -151,7 +147,7 @@ def sequence_logprobs(model: Any, processor: Any, images: Sequence[Any], instruc
     return out
 
 
-def implicit_reward(policy_logprob: float, ref_logprob: float, n_tokens: int, beta: float = 0.1, length_normalise: bool = True) -> float:
+def implicit_reward(policy_logprob: float, ref_logprob: float, n_tokens: int, beta: float = DPOSettings.beta, length_normalise: bool = True) -> float:
     """DPO implicit reward beta * (log pi(y) - log pi_ref(y)), divided by |y| when length-normalised."""
     ratio = policy_logprob - ref_logprob
     return beta * ratio / max(n_tokens, 1) if length_normalise else beta * ratio

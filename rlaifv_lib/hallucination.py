@@ -14,9 +14,11 @@ from typing import Any, Sequence
 
 from .errors import EmptyEvaluationError, check_finite
 from .breakdowns import unclaimed_sentences
+from .claims import ToyDecomposer
+from .engine import EngineSettings, label, run_pass
 from .feedback import FeedbackConfig, yes_no_probs
-from .records import Prompt
-from .sampling import SamplingConfig, sample_candidates
+from .records import Prompt, Verdict, prompt_of
+from .sampling import SamplingConfig
 from .toyworld.grammar import INSTRUCTIONS, existence_question, parse_description, true_answer
 from .toyworld.render import render_scene
 from .toyworld.scenes import PARTNERS, SHAPES, Scene
@@ -95,16 +97,26 @@ class EvalConfig:
     """Settings of the held-out evaluation.
 
     Args:
-        temperature (float, defaults to 0.7): sampling temperature of the descriptions.
+        temperature (float, defaults to SamplingConfig's): sampling temperature of the descriptions.
         seed (int, defaults to 0): sampling seed.
-        max_new_tokens (int, defaults to 64): response length cap.
+        max_new_tokens (int, defaults to SamplingConfig's): response length cap.
         batch_size (int, defaults to 100): rows per generate / forward call.
+        question_suffix (str, defaults to ""): appended to every yes/no question (``FeedbackConfig.question_suffix``;
+            real models: " Please answer yes or no.").
     """
 
-    temperature: float = 0.7
+    temperature: float = SamplingConfig.temperature
     seed: int = 0
-    max_new_tokens: int = 64
+    max_new_tokens: int = SamplingConfig.max_new_tokens
     batch_size: int = 100
+    question_suffix: str = ""
+
+    def engine_settings(self) -> EngineSettings:
+        """One description per prompt, the judge's batches: the data-engine settings of an evaluation."""
+        return EngineSettings(
+            sampling=SamplingConfig(n=1, temperature=self.temperature, seed=self.seed, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size),
+            feedback=FeedbackConfig(batch_size=self.batch_size, question_suffix=self.question_suffix),
+        )
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -124,34 +136,29 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     ``unclaimed_rate``: the share of their sentences that name no shape, which no claim checks
     (``breakdowns.unclaimed_sentences``).
     """
-    from .claims import ToyDecomposer  # local: claims imports this module's neighbours
-
     if not scenes:
         raise EmptyEvaluationError("no evaluation scenes: metrics over nothing have no value. Evaluate on at least one scene (e.g. rlaifv eval --n 200).")
     cfg = cfg or EvalConfig()
     images = [render_scene(s) for s in scenes]
     prompts = [Prompt(s.id, im, INSTRUCTIONS[0]) for s, im in zip(scenes, images)]
-    cands = sample_candidates(model, processor, prompts, cfg.sampling(), progress=progress)
-    texts = [c.text for c in cands]
+    settings = cfg.engine_settings()
+    own = run_pass(prompts, (model, processor), None, ToyDecomposer(), settings, progress=progress, pairs=False)
+    texts = [c.text for c in own.candidates]
     metrics: dict[str, Any] = chair(texts, [s.shapes for s in scenes])
     metrics["unclaimed_rate"] = unclaimed_sentences(texts)["rate"]
-    fcfg = FeedbackConfig(batch_size=cfg.batch_size)
-    metrics["yes_no_accuracy"] = yes_no_accuracy(model, processor, scenes, images, fcfg)
-    claims = ToyDecomposer().decompose_all(cands, progress=False)
-    index = {c.id: i for i, c in enumerate(cands)}
-    rows = [index[c.candidate_id] for c in claims]
-    truth = [true_answer(scenes[i], c.question) for c, i in zip(claims, rows)]
-    own = yes_no_probs(model, processor, images, [c.question for c in claims], rows, fcfg)
-    exist = [k for k, c in enumerate(claims) if c.kind == "existence"]
-    metrics["self_check_accuracy"] = _agree(own, truth, exist)
-    judge = own if labeler is None else yes_no_probs(*labeler, images, [c.question for c in claims], rows, fcfg)
-    metrics["labeler_accuracy"] = _agree(judge, truth, range(len(claims)))
-    metrics["n_claims"] = len(claims)
+    metrics["yes_no_accuracy"] = yes_no_accuracy(model, processor, scenes, images, settings.feedback)
+    by_id = {s.id: s for s in scenes}
+    truth = [true_answer(by_id[prompt_of(c.candidate_id)], c.question) for c in own.claims]
+    exist = [k for k, c in enumerate(own.claims) if c.kind == "existence"]
+    metrics["self_check_accuracy"] = _agree(own.verdicts, truth, exist)
+    judge = own.verdicts if labeler is None else label(labeler, own.claims, prompts, settings.feedback, progress=False)
+    metrics["labeler_accuracy"] = _agree(judge, truth, range(len(own.claims)))
+    metrics["n_claims"] = len(own.claims)
     metrics["texts"] = texts
     return metrics
 
 
-def _agree(probs: Sequence[tuple[float, float]], truth: Sequence[bool], idx: Sequence[int]) -> float:
-    """Share of verdicts (P(yes) > P(no)) equal to the truth, over the given indices."""
+def _agree(verdicts: Sequence[Verdict], truth: Sequence[bool], idx: Sequence[int]) -> float:
+    """Share of verdicts (accepted = P(yes) > P(no)) equal to the truth, over the given indices."""
     idx = list(idx)
-    return sum((probs[k][0] > probs[k][1]) == truth[k] for k in idx) / len(idx) if idx else 0.0
+    return sum(verdicts[k].accepted == truth[k] for k in idx) / len(idx) if idx else 0.0

@@ -27,6 +27,7 @@ __all__ = [
     "IRREGULAR_PLURALS",
     "COCO_VOCAB",
     "make_vocab",
+    "object_vocab",
     "singular_forms",
     "coco_mentions",
     "normalise_truth",
@@ -143,6 +144,31 @@ def make_vocab(synonyms: Mapping[str, Iterable[str]]) -> dict[str, str]:
 
 
 COCO_VOCAB: dict[str, str] = make_vocab(COCO_SYNONYMS)
+
+
+def object_vocab(names: Iterable[str]) -> dict[str, str]:
+    """A phrase -> category map for images of anything, made of the object names of a prompt file.
+
+    A name that is a COCO category or synonym (plurals included) stands for that category and brings all of
+    its synonyms along; any other name is a category of its own. Only these names count as objects, so
+    images of anything — not only COCO's 80 categories — can be evaluated.
+
+    Example: ``object_vocab(["puppies", "triangle"])`` maps "dog", "puppy", "doggy", ... to "dog" and
+    "triangle" to "triangle".
+    """
+    vocab: dict[str, str] = {}
+    for name in names:
+        words = _WORD.findall(name.lower())
+        if not words:
+            continue
+        phrases = [" ".join([*words[:-1], w]) for w in singular_forms(words[-1])]
+        cat = next((COCO_VOCAB[p] for p in phrases if p in COCO_VOCAB), None)
+        if cat is None:  # its own category, under its most likely singular form
+            key = phrases[1] if len(phrases) > 1 else phrases[0]
+            vocab[key] = key
+        else:
+            vocab.update(make_vocab({cat: [p for p, c in COCO_VOCAB.items() if c == cat]}))
+    return vocab
 
 
 def singular_forms(word: str) -> list[str]:

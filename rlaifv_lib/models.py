@@ -42,6 +42,7 @@ __all__ = [
     "TOY_LABELER",
     "LANGUAGE_LORA_TARGETS",
     "YES_NO_SUFFIX",
+    "DPO_BETA",
     "LoadOptions",
     "ModelPreset",
     "PRESETS",
@@ -61,6 +62,7 @@ __all__ = [
     "quiet_loading",
     "local_device_map",
     "available_locally",
+    "load_processor",
     "set_max_pixels",
     "image_only_processor",
     "chat_prompt",
@@ -72,6 +74,7 @@ TOY_POLICY = DATA_DIR / "toy" / "policy"
 TOY_LABELER = DATA_DIR / "toy" / "labeler"
 _TOY_NAMES = {"toy-policy": TOY_POLICY, "toy-labeler": TOY_LABELER}
 YES_NO_SUFFIX = " Please answer yes or no."
+DPO_BETA = 0.1  # the official DPO β: ModelPreset's and DPOSettings' default
 # attention and MLP projections of the language-model decoder only (never the vision tower, which
 # uses the same q_proj/k_proj/v_proj names in CLIP and SigLIP, nor the projector or lm_head)
 LANGUAGE_LORA_TARGETS = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -142,7 +145,7 @@ class ModelPreset:
     role: str
     family: str
     lora_target_modules: str | None = LANGUAGE_LORA_TARGETS
-    dpo_beta: float = 0.1
+    dpo_beta: float = DPO_BETA
     dpo_learning_rate: float = 1e-5
     dpo_epochs: float = 2.0
     dpo_sft_weight: float = 0.0
@@ -162,19 +165,11 @@ class ModelPreset:
         """``LoadOptions`` with this preset's image cap, updated with ``overrides``."""
         return LoadOptions(**{"max_pixels": self.max_pixels, **overrides})
 
-    def dpo_settings(self, **overrides: Any) -> Any:
-        """``rlaifv_lib.dpo.DPOSettings`` with this preset's beta, learning rate, epochs, SFT weight and LoRA shape."""
-        from .dpo import DPOSettings
-
-        base = dict(beta=self.dpo_beta, learning_rate=self.dpo_learning_rate, epochs=self.dpo_epochs, sft_weight=self.dpo_sft_weight,
+    def dpo_overrides(self) -> dict[str, Any]:
+        """The ``rlaifv_lib.dpo.DPOSettings`` fields this preset sets: β, learning rate, epochs, SFT weight and LoRA shape
+        (``DPOSettings.from_preset`` builds the settings)."""
+        return dict(beta=self.dpo_beta, learning_rate=self.dpo_learning_rate, epochs=self.dpo_epochs, sft_weight=self.dpo_sft_weight,
                     lora_r=self.lora_r, lora_alpha=self.lora_alpha, target_modules=self.lora_target_modules)  # fmt: skip
-        return DPOSettings(**{**base, **overrides})
-
-    def feedback_config(self, **overrides: Any) -> Any:
-        """``rlaifv_lib.feedback.FeedbackConfig`` with this preset's question suffix."""
-        from .feedback import FeedbackConfig
-
-        return FeedbackConfig(**{"question_suffix": self.question_suffix, **overrides})
 
 
 def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, **kw: Any) -> dict:
@@ -565,6 +560,18 @@ def _load_processor(path: str | Path, options: LoadOptions) -> ProcessorMixin:
     template = Path(path) / "chat_template.jinja"
     chat_template = template.read_text(encoding="utf-8") if template.exists() else None
     return image_only_processor(cls, AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path), chat_template)
+
+
+def load_processor(name_or_path: str | os.PathLike, options: LoadOptions | None = None) -> ProcessorMixin:
+    """The processor of a preset, folder or hub id, as :func:`load_model` loads it (image-only where torchvision is
+    missing, ``options.max_pixels`` applied); for DPO and merging, which need no model."""
+    options = options or LoadOptions()
+    path = resolve_model(name_or_path)
+    try:
+        processor = _load_processor(path, options)
+    except OSError as e:
+        raise _not_found(name_or_path, e) from None
+    return set_max_pixels(processor, options.max_pixels)
 
 
 def set_max_pixels(processor: Any, max_pixels: int | None) -> Any:

@@ -27,6 +27,7 @@ __all__ = [
     "Verdict",
     "ScoredCandidate",
     "PreferencePair",
+    "prompt_of",
     "atomic_write_text",
     "atomic_directory",
     "remove_own_temporaries",
@@ -46,6 +47,7 @@ class Prompt:
     image: Any
     instruction: str
     truth: list[dict] | None = None  # ground-truth objects when the world knows them
+    objects: list[str] | None = None  # names of the objects in the image, when known (CHAIR without a toy world)
 
 
 @dataclass
@@ -124,6 +126,11 @@ class PreferencePair:
     instruction: str = ""
     image: Any = None
     extra: dict = field(default_factory=dict)
+
+
+def prompt_of(candidate_id: str) -> str:
+    """The prompt id of a candidate id ``<prompt_id>/c<index>`` (or of a claim id ``<candidate_id>/k<index>``'s candidate)."""
+    return candidate_id.rsplit("/", 1)[0]
 
 
 T = TypeVar("T")

@@ -66,7 +66,7 @@ class RunDirectory:
     """
 
     def __init__(self, path: str | os.PathLike, header: dict, on_written: Callable[[Path], None] | None = None, unrecorded_formats: tuple[int, ...] = ()):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # artifacts may be named relative to it or by their full path
         self.header = header
         self.made_with = fingerprint(header)
         self.on_written = on_written

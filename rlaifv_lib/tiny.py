@@ -47,6 +47,7 @@ from .models import image_only_processor, quiet_loading
 __all__ = [
     "ARCHITECTURES",
     "CORPUS",
+    "HIDDEN",
     "LLAVA_TEMPLATE",
     "QWEN_TEMPLATE",
     "IDEFICS3_TEMPLATE",
@@ -69,7 +70,14 @@ CORPUS = [
     "A man is riding a bicycle next to a blue car. The sky is clear.",
     "Describe the image in detail. What is in the picture? The image shows two people.",
 ] * 8
-_DIM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+HIDDEN = 32  # decoder width of the tiny models (``hidden`` of the builders); attention heads of 16 dimensions
+
+
+def _dim(hidden: int) -> dict:
+    """Decoder sizes of width ``hidden`` (a multiple of 16): one layer, heads of 16 dimensions."""
+    if hidden < 16 or hidden % 16:
+        raise ValueError(f"hidden must be a multiple of 16, got {hidden}")
+    return dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=hidden // 16, num_key_value_heads=hidden // 16)
 
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() + ': ' }}"
@@ -113,8 +121,8 @@ def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, chat
     return fast
 
 
-def _llama(tok: PreTrainedTokenizerFast, **dims: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=2048, **{**_DIM, **dims})
+def _llama(tok: PreTrainedTokenizerFast, hidden: int = HIDDEN, **dims: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=2048, **{**_dim(hidden), **dims})
 
 
 def llava_processor(image_size: int = 28) -> LlavaProcessor:
@@ -124,53 +132,52 @@ def llava_processor(image_size: int = 28) -> LlavaProcessor:
     return LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
 
 
-def build_llava(image_size: int = 28, vision_hidden: int = 32, vision_layers: int = 2, text_hidden: int = 32, text_layers: int = 1) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """LLaVA-1.5 layout: CLIP ViT (14 px patches; 28 px -> 4 image tokens), MLP projector, Llama decoder.
+def build_llava(hidden: int = HIDDEN, image_size: int = 28, vision_hidden: int = 32, vision_layers: int = 2, **text_dims: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """LLaVA-1.5 layout: CLIP ViT (14 px patches; 28 px -> 4 image tokens), MLP projector, Llama decoder of width ``hidden``.
 
-    The defaults are the tiny test model; ``image_size=336`` gives LLaVA-1.5's 576 image tokens in front
-    of the text (``benchmarks/bench_feedback.py --real-shape`` uses it with a 256-wide, 4-layer decoder).
+    The defaults are the tiny test model; ``image_size=336`` gives LLaVA-1.5's 576 image tokens in front of the
+    text (``benchmarks/bench_feedback.py --real-shape``); ``text_dims`` override the decoder's LlamaConfig sizes.
     """
     processor = llava_processor(image_size)
     tok = processor.tokenizer
     vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=vision_hidden)
-    text = {} if text_hidden == _DIM["hidden_size"] else dict(hidden_size=text_hidden, intermediate_size=text_hidden * 43 // 16, num_attention_heads=text_hidden // 64, num_key_value_heads=text_hidden // 64)
-    config = LlavaConfig(vision_config=vision, text_config=_llama(tok, num_hidden_layers=text_layers, **text), image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=(image_size // 14) ** 2, vision_feature_layer=-2)
+    config = LlavaConfig(vision_config=vision, text_config=_llama(tok, hidden, **text_dims), image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=(image_size // 14) ** 2, vision_feature_layer=-2)
     return LlavaForConditionalGeneration(config).eval(), processor
 
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def _qwen_parts() -> tuple[PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, dict]:
+def _qwen_parts(hidden: int) -> tuple[PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, dict]:
     tok = bpe_tokenizer(_QWEN_SPECIALS, None, "<|im_end|>", "<|endoftext|>", QWEN_TEMPLATE)
     # 28x28..56x56 px: 4 to 16 patches of 14 px, merged 2x2 -> 1 to 4 image tokens
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56}, patch_size=14, merge_size=2, temporal_patch_size=2)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = dict(vocab_size=len(tok), max_position_embeddings=2048, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **_DIM)
+    text = dict(vocab_size=len(tok), max_position_embeddings=2048, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **_dim(hidden))
     return tok, image_processor, {"text": text, **ids}
 
 
-def build_qwen2_vl() -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
+def build_qwen2_vl(hidden: int = HIDDEN) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
     """Qwen2-VL layout: native-resolution ViT with 2x2 patch merging and M-RoPE in the decoder."""
-    tok, image_processor, parts = _qwen_parts()
+    tok, image_processor, parts = _qwen_parts(hidden)
     processor = image_only_processor(Qwen2VLProcessor, image_processor, tok, QWEN_TEMPLATE)
-    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     text = parts.pop("text")
     config = Qwen2VLConfig(vision_config=vision, text_config=text, **parts)
     return Qwen2VLForConditionalGeneration(config).eval(), processor
 
 
-def build_qwen2_5_vl() -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+def build_qwen2_5_vl(hidden: int = HIDDEN) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """Qwen2.5-VL layout: as Qwen2-VL with window attention and a SwiGLU ViT."""
-    tok, image_processor, parts = _qwen_parts()
+    tok, image_processor, parts = _qwen_parts(hidden)
     processor = image_only_processor(Qwen2_5_VLProcessor, image_processor, tok, QWEN_TEMPLATE)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
     text = parts.pop("text")
     config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, **parts)
     return Qwen2_5_VLForConditionalGeneration(config).eval(), processor
 
 
-def build_idefics3() -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
+def build_idefics3(hidden: int = HIDDEN) -> tuple[Idefics3ForConditionalGeneration, Idefics3Processor]:
     """Idefics3 / SmolVLM layout: SigLIP-style ViT, pixel-shuffle connector (scale 2), Llama decoder."""
     specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
     tok = bpe_tokenizer(specials, "<|im_start|>", "<end_of_utterance>", "<|endoftext|>", IDEFICS3_TEMPLATE)
@@ -178,11 +185,11 @@ def build_idefics3() -> tuple[Idefics3ForConditionalGeneration, Idefics3Processo
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 28}, max_image_size={"longest_edge": 28}, do_image_splitting=False)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=1, chat_template=IDEFICS3_TEMPLATE)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
-    config = Idefics3Config(vision_config=vision, text_config=_llama(tok), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2, pad_token_id=tok.pad_token_id)
+    config = Idefics3Config(vision_config=vision, text_config=_llama(tok, hidden), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2, pad_token_id=tok.pad_token_id)
     return Idefics3ForConditionalGeneration(config).eval(), processor
 
 
-ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
+ARCHITECTURES: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "llava": build_llava,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
@@ -190,7 +197,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[Any, Any]]] = {
 }
 
 
-def build_tiny(arch: str, seed: int = 0, init_std: float | None = None) -> tuple[Any, Any]:
+def build_tiny(arch: str, seed: int = 0, init_std: float | None = None, hidden: int = HIDDEN) -> tuple[Any, Any]:
     """A fresh tiny ``arch`` model (a key of :data:`ARCHITECTURES`) and its processor, weights seeded by ``seed``.
 
     Args:
@@ -200,11 +207,12 @@ def build_tiny(arch: str, seed: int = 0, init_std: float | None = None) -> tuple
             initialisation (std 0.02) a random model's next-token distribution barely depends on its
             input, so a self-feedback labeler answers every question alike and every candidate ties;
             ~0.1 makes the answers vary, as a trained model's do (no claim about their quality).
+        hidden: width of the decoder (a multiple of 16; attention heads have 16 dimensions).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     torch.manual_seed(seed)
-    model, processor = ARCHITECTURES[arch]()
+    model, processor = ARCHITECTURES[arch](hidden)
     if init_std is not None:
         redraw_weights(model, init_std)
     return model, processor
@@ -230,16 +238,16 @@ def build_chat_lm(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerF
 
 
 @functools.lru_cache(maxsize=None)
-def _seeded(arch: str, init_std: float | None) -> tuple[Any, Any]:
-    return build_tiny(arch, seed=0, init_std=init_std)
+def _seeded(arch: str, init_std: float | None, hidden: int) -> tuple[Any, Any]:
+    return build_tiny(arch, seed=0, init_std=init_std, hidden=hidden)
 
 
-def save_tiny(arch: str, folder: str | Path, init_std: float | None = None) -> Path:
+def save_tiny(arch: str, folder: str | Path, init_std: float | None = None, hidden: int = HIDDEN) -> Path:
     """Save the tiny ``arch`` model (seed 0, see :func:`build_tiny`) and its processor to ``folder``.
 
     The folder is a checkpoint that ``rlaifv_lib.models.load_model`` reads like a downloaded one.
     """
-    model, processor = _seeded(arch, init_std)
+    model, processor = _seeded(arch, init_std, hidden)
     folder = Path(folder)
     with quiet_loading():
         model.save_pretrained(folder)

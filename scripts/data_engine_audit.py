@@ -18,11 +18,11 @@ import torch
 
 from rlaifv_lib.audit import PAIR_OUTCOMES, compare_with_perfect_labeler, labeler_audit
 from rlaifv_lib.claims import ToyDecomposer
-from rlaifv_lib.feedback import score_claims
+from rlaifv_lib.engine import EngineSettings, run_pass
 from rlaifv_lib.models import load_model
 from rlaifv_lib.plots import pair_outcome_bars, save_figure
 from rlaifv_lib.records import Prompt
-from rlaifv_lib.sampling import SamplingConfig, sample_candidates
+from rlaifv_lib.sampling import SamplingConfig
 from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
 
 _ROWS = (
@@ -53,14 +53,12 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="write the pair-outcome figure here (.png, .svg, .pdf)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    policy = load_model(args.policy)
-    labeler = policy if args.labeler is None else load_model(args.labeler)
+    labeler = None if args.labeler is None else load_model(args.labeler)
     scenes = {s.id: s for s in evaluation_scenes(args.prompts)}
     prompts = [Prompt(s.id, render_scene(s), INSTRUCTIONS[0]) for s in scenes.values()]
-    cands = sample_candidates(*policy, prompts, SamplingConfig(n=args.n, batch_size=200, seed=args.seed))
-    claims = ToyDecomposer().decompose_all(cands)
-    owner = {c.id: c.prompt_id for c in cands}
-    verdicts = score_claims(*labeler, claims, {p.id: p.image for p in prompts}, owner)
+    settings = EngineSettings(sampling=SamplingConfig(n=args.n, batch_size=200, seed=args.seed))
+    data = run_pass(prompts, load_model(args.policy), labeler, ToyDecomposer(), settings, pairs=False)
+    cands, claims, verdicts = data.candidates, data.claims, data.verdicts
     lab = labeler_audit(claims, verdicts, scenes)
     side = compare_with_perfect_labeler(cands, claims, verdicts, scenes)
     report = {

@@ -104,7 +104,7 @@ def test_best_of_n_picks_argmax_per_prompt():
     with pytest.raises(ConfigError):
         best_of_n(ids, None, selection="best")
     with pytest.raises(ConfigError):
-        GuidanceConfig(selection="best")
+        GuidanceConfig(beta=0.0)
 
 
 def test_compare_selections_uses_the_same_candidates(tiny_toy):

@@ -9,7 +9,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rlaifv_lib import models
 from rlaifv_lib.dpo import DPOSettings, toy_dpo_settings
 from rlaifv_lib.errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError
-from rlaifv_lib.feedback import FeedbackConfig
 from rlaifv_lib.memory import lora_parameter_count
 from rlaifv_lib.models import (
     LANGUAGE_LORA_TARGETS,
@@ -48,14 +47,12 @@ def test_presets_cover_the_families():
 
 def test_preset_settings_feed_the_library_configs():
     preset = get_preset("qwen2.5-vl-3b")
-    dpo = preset.dpo_settings(max_steps=3)
+    dpo = DPOSettings.from_preset(preset, max_steps=3)
     assert isinstance(dpo, DPOSettings) and dpo.beta == 0.1 and dpo.learning_rate == preset.dpo_learning_rate and dpo.max_steps == 3
     assert dpo.target_modules == LANGUAGE_LORA_TARGETS and dpo.sft_weight == 0.0  # official: no SFT term
-    toy = get_preset("toy-policy").dpo_settings()  # the demo's recipe comes from the toy preset, one source
+    toy = DPOSettings.from_preset("toy-policy")  # the demo's recipe comes from the toy preset, one source
     assert toy == toy_dpo_settings() and (toy.learning_rate, toy.epochs, toy.sft_weight) == (1e-3, 2.0, 1.0)
-    fb = preset.feedback_config()
-    assert isinstance(fb, FeedbackConfig) and fb.question_suffix == " Please answer yes or no."
-    assert get_preset("toy-policy").feedback_config().question_suffix == ""
+    assert preset.question_suffix == " Please answer yes or no." and get_preset("toy-policy").question_suffix == ""
     assert preset.load_options().max_pixels == 448 * 448
 
 

@@ -119,3 +119,37 @@ def test_base_and_tuned_runs_the_fallback_round(tmp_path):
 
     base, tuned = base_and_tuned(tmp_path / "missing", tmp_path / "quick", tiny_config(), progress=False)
     assert (tuned / "config.json").exists() and tuned == tmp_path / "quick" / "round_1" / "model"
+
+
+def test_config_files_and_flags_build_one_validated_config(tmp_path):
+    """config_from_dict: the preset fills its defaults, the dict wins, unknown keys and bad final values are errors."""
+    from pathlib import Path
+
+    from rlaifv_lib.cli import build_parser, run_values
+    from rlaifv_lib.models import YES_NO_SUFFIX
+    from rlaifv_lib.pipeline import config_from_dict
+
+    assert config_from_dict({}) == RLAIFVConfig()  # the demo
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    assert config_from_dict(run_values(build_parser().parse_args(["run", "--out", "x", "--config", str(configs / "toy_demo.yaml")]))) == RLAIFVConfig()
+    qwen = config_from_dict({"policy": "qwen2.5-vl-3b", "dpo": {"learning_rate": 2e-5}, "prompts": "p.jsonl"})
+    assert qwen.feedback.question_suffix == YES_NO_SUFFIX and qwen.load.max_pixels == 448 * 448 and qwen.dpo.lora_r == 64
+    assert qwen.dpo.learning_rate == 2e-5 and qwen.claims.decomposer == "rules"
+    for name in ("llava15_7b_separate_labeler", "qwen25_vl_3b_self_feedback"):
+        args = build_parser().parse_args(["run", "--out", "x", "--config", str(configs / f"{name}.yaml"), "--prompts", "p.jsonl", "--n", "3"])
+        cfg = config_from_dict(run_values(args))
+        assert cfg.sampling.n == 3 and cfg.load.load_in_4bit and cfg.prompts == "p.jsonl"
+    with pytest.raises(ConfigError, match="unknown run setting"):
+        config_from_dict({"round": 2})
+    with pytest.raises(ConfigError, match="unknown sampling setting"):
+        config_from_dict({"sampling": {"temp": 2}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: 0\n")
+    with pytest.raises(ConfigError, match="rounds"):  # validated on the final values ...
+        config_from_dict(run_values(build_parser().parse_args(["run", "--out", "x", "--config", str(bad)])))
+    fixed = build_parser().parse_args(["run", "--out", "x", "--config", str(bad), "--rounds", "2"])
+    assert config_from_dict(run_values(fixed)).rounds == 2  # ... so a flag can repair a file's value
+    with pytest.raises(ConfigError, match="rounds"):
+        config_from_dict(run_values(build_parser().parse_args(["demo", "--rounds", "0"])))
+    with pytest.raises(ConfigError, match="toy decomposer"):
+        config_from_dict({"prompts": "p.jsonl", "claims": {"decomposer": "toy"}})
