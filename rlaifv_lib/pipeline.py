@@ -123,8 +123,9 @@ class RLAIFVConfig:
         check_finite(self)
         if self.rounds < 1:
             raise ConfigError(f"rounds (k) must be >= 1, got {self.rounds}")
-        if self.prompts_per_round < 1 or self.eval_scenes < 1:
-            raise ConfigError("prompts_per_round and eval_scenes must be >= 1")
+        for name in ("prompts_per_round", "eval_scenes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (a round or an evaluation over no prompt measures nothing), got {getattr(self, name)}")
         if self.sampling.n < 2:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
         if self.best_of_n == 1 or self.best_of_n < 0:

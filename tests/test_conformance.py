@@ -124,7 +124,7 @@ def test_qlora_dpo_step_and_guidance(tiny, tmp_path):
         name = n.replace(".base_layer", "")
         if p.__class__.__name__ != "Params4bit" and name in base and p.shape == base[name].shape:  # not re-quantised
             assert torch.allclose(p.detach().float().cpu(), base[name].detach().float().cpu()), n
-    scores = score_for_guidance(peft_model, None, processor, prompts, cands, GuidanceConfig(n=2, batch_size=4))
+    scores = score_for_guidance(peft_model, None, processor, prompts, cands, GuidanceConfig(batch_size=4))
     assert len(scores) == len(cands) and all(s.n_tokens > 0 and math.isfinite(s.reward) for s in scores)
     picks = best_of_n([c.prompt_id for c in cands], [s.reward for s in scores])
     assert set(picks) == {"p0", "p1"}

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rlaifv_lib import dpo, models, pipeline
+from rlaifv_lib import dpo, engine, models, pipeline
 from rlaifv_lib.claims import ToyDecomposer
 from rlaifv_lib.dpo import FALLBACK_MESSAGE, DPOSettings, build_dpo_trainer, train_dpo
 from rlaifv_lib.errors import (
@@ -205,7 +205,7 @@ def test_all_tied_prompt_gives_no_pair_with_a_reason_and_require_pairs_explains(
 
 def test_pipeline_round_with_all_ties_carries_the_policy_over(tmp_path, monkeypatch):
     """RLAIFVRun._train_and_merge: no pairs -> no DPO, round k's model is a copy of its start policy, n_pairs = 0."""
-    real = pipeline.score_candidates
+    real = engine.score_candidates
 
     def all_tied(cands, claims, verdicts):
         return [ScoredCandidate(s.candidate_id, s.prompt_id, s.text, -1.0, max(s.n_claims, 1), 1) for s in real(cands, claims, verdicts)]
@@ -213,7 +213,7 @@ def test_pipeline_round_with_all_ties_carries_the_policy_over(tmp_path, monkeypa
     def no_training(*a, **k):
         raise AssertionError("DPO must not run without pairs")
 
-    monkeypatch.setattr(pipeline, "score_candidates", all_tied)
+    monkeypatch.setattr(engine, "score_candidates", all_tied)
     monkeypatch.setattr(pipeline, "train_dpo", no_training)
     monkeypatch.setattr(pipeline, "merge_adapters", no_training)
     cfg = tiny_config(prompts_per_round=2, sampling=SamplingConfig(n=2, max_new_tokens=24, batch_size=8), eval_scenes=2, best_of_n=0)
@@ -313,7 +313,7 @@ def test_model_path_that_does_not_exist(tmp_path):
 def run_dir(tmp_path):
     """A run directory whose round 1 holds prompts, candidates, claims and verdicts (no model involved)."""
     run = RLAIFVRun(tmp_path / "run", tiny_config(prompts_per_round=2), progress=False)
-    prompts, _ = run._prompts(1)
+    prompts = run._prompts(1)
     cands = [Candidate(p.id, k, TEXT, k) for p in prompts for k in range(2)]
     rd = run.round_dir(1)
     run.rd.write_jsonl(rd / "candidates.jsonl", cands)
@@ -466,7 +466,7 @@ def test_integer_settings_given_non_finite_floats_are_rejected(make):
 def test_training_that_diverges_saves_nothing_and_keeps_earlier_files(tiny_toy, tmp_path, monkeypatch):
     from test_dpo import FAST, _pairs
 
-    monkeypatch.setattr(dpo, "bnb_available", lambda: False)  # the full-precision path: seconds
+    monkeypatch.setattr(models, "bnb_available", lambda: False)  # the full-precision path: seconds
     (tmp_path / "dpo_log.json").write_text('{"earlier": "run"}\n')
     before = _snapshot(tmp_path)
     diverging = DPOSettings(**{**FAST, "learning_rate": 1e38, "max_steps": 3})  # finite, but the weights overflow

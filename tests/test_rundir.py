@@ -156,7 +156,7 @@ def test_damaged_header_advice_followed_literally_never_mixes_runs(tmp_path):
     run_dir = tmp_path / "run"
     cfg_a, cfg_b = tiny_config(prompts_per_round=2, seed=0), tiny_config(prompts_per_round=2, seed=1)
     run = RLAIFVRun(run_dir, cfg_a, progress=False)
-    prompts_a, _ = run._prompts(1)
+    prompts_a = run._prompts(1)
     run.rd.write_json("round_0/eval.json", METRICS)
     run.rd.close()
     del run
@@ -173,7 +173,7 @@ def test_damaged_header_advice_followed_literally_never_mixes_runs(tmp_path):
         run_b._prompts(1)
     for rel in ("round_0/eval.json", "round_1/prompts.jsonl"):  # that error's advice, followed literally
         (run_dir / rel).unlink()
-    prompts_b, _ = run_b._prompts(1)
+    prompts_b = run_b._prompts(1)
     assert [p.id for p in prompts_b] != [p.id for p in prompts_a]  # made with B's seed, not A's file
     run_b.rd.close()
     del run_b
@@ -289,7 +289,7 @@ def test_a_format_1_run_is_still_resumed_when_its_intact_header_holds_the_same_s
     write_json(run_dir / "round_0" / "eval.json", METRICS)
     write_jsonl(run_dir / "round_1" / "prompts.jsonl", [{"id": "s0", "instruction": "describe the image .", "truth": [], "seed": 0}])
     run = RLAIFVRun(run_dir, cfg, progress=False)
-    assert run.baseline() == METRICS and [p.id for p in run._prompts(1)[0]] == ["s0"]
+    assert run.baseline() == METRICS and [p.id for p in run._prompts(1)] == ["s0"]
     run.rd.write_json(run.round_dir(1) / "eval.json", METRICS)  # what it writes now carries the record
     assert json.loads((run_dir / "round_1" / "eval.json").read_text())["made_with"] == run.rd.made_with
     assert json.loads((run_dir / "run.json").read_text())["format"] == 1
