@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import ConfigError, RLAIFVError
 
@@ -237,8 +237,8 @@ def cmd_round(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
+def _run_and_show(args: argparse.Namespace, title: Callable[[Any, RLAIFVConfig], str], keys: Sequence[str]) -> int:
+    """Run (or resume) the configured rounds in ``args.out``, print the table, write summary and plots."""
     from .pipeline import RLAIFVRun
     from .plots import before_after_bars, metrics_per_round, save_figure
 
@@ -248,41 +248,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = RLAIFVRun(args.out, cfg)
     summary = run.run()
     rounds = summary["rounds"]
-    print(f"\nRLAIF-V on the toy world: {len(rounds) - 1} rounds, held-out scenes = {cfg.eval_scenes}")
-    print(_table(rounds, summary["best_of_n"]))
-    if not run.rd.writable:  # a finished run on read-only storage: shown, nothing written
-        print(f"\n{args.out} is read-only: the table above comes from its finished artifacts; nothing was written")
-        return 0
-    keys = ["chair_i", "chair_s", "coverage", "labeler_accuracy"]
-    save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
-    save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
-    print(f"\nwrote {args.out}/summary.json and plots ({time.time() - t0:.0f}s)")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run (or resume) k RLAIF-V rounds with any policy, labeler and prompts; print the table and write the plots."""
-    import torch
-
-    from .pipeline import RLAIFVRun
-    from .plots import before_after_bars, metrics_per_round, save_figure
-
-    torch.set_num_threads(args.threads)
-    cfg = _run_config(args)
-    t0 = time.time()
-    run = RLAIFVRun(args.out, cfg)
-    summary = run.run()
-    rounds = summary["rounds"]
-    print(f"\nRLAIF-V on {run.source.name}: {len(rounds) - 1} rounds, {len(run.source.evaluation())} evaluation prompts")
+    print(f"\n{title(run, cfg)}")
     print(_table(rounds, summary["best_of_n"]))
     if "judge" in rounds[0]:
         print(f"judge_rej: share of claims rejected by the fixed judge {rounds[0]['judge']}")
-    keys = [k for k in ("chair_i", "chair_s", "coverage", "labeler_accuracy", "judge_rejection_rate") if all(r.get(k) is not None for r in rounds)]
+    if not run.rd.writable:  # a finished run on read-only storage: shown, nothing written
+        print(f"\n{args.out} is read-only: the table above comes from its finished artifacts; nothing was written")
+        return 0
+    keys = [k for k in keys if all(r.get(k) is not None for r in rounds)]
     if keys:
         save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
         save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
     print(f"\nwrote {args.out}/summary.json{' and plots' if keys else ''} ({time.time() - t0:.0f}s)")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the default k-round RLAIF-V loop on the toy world and print the before/after table."""
+    title = lambda run, cfg: f"RLAIF-V on the toy world: {cfg.rounds} rounds, held-out scenes = {cfg.eval_scenes}"  # noqa: E731
+    return _run_and_show(args, title, ["chair_i", "chair_s", "coverage", "labeler_accuracy"])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) k RLAIF-V rounds with any policy, labeler and prompts; print the table and write the plots."""
+    title = lambda run, cfg: f"RLAIF-V on {run.source.name}: {cfg.rounds} rounds, {len(run.source.evaluation())} evaluation prompts"  # noqa: E731
+    return _run_and_show(args, title, ["chair_i", "chair_s", "coverage", "labeler_accuracy", "judge_rejection_rate"])
 
 
 def build_parser() -> argparse.ArgumentParser:
