@@ -168,7 +168,7 @@ def unclaimed_sentences(texts: Sequence[str], max_examples: int = 3) -> dict:
         n_sentences += len(sentences)
         unclaimed += bare
         responses += bool(bare)
-    return {"n_sentences": n_sentences, "n_unclaimed": len(unclaimed), "rate": _rate(len(unclaimed), n_sentences),
+    return {"n_sentences": n_sentences, "n_unclaimed": len(unclaimed), "rate": len(unclaimed) / n_sentences if n_sentences else None,
             "n_responses": len(texts), "responses_with_one": responses, "examples": unclaimed[:max_examples]}  # fmt: skip
 
 

@@ -38,7 +38,7 @@ def toy_mentions(text: str) -> list[str]:
     return [m.shape for m in parse_description(text)]
 
 
-def chair(texts: Sequence[str], truths: Sequence[set[str]], mentions_fn=toy_mentions) -> dict[str, float]:
+def chair(texts: Sequence[str], truths: Sequence[set[str]], mentions_fn=toy_mentions) -> dict[str, float | None]:
     """CHAIR_i, CHAIR_s, coverage and mean words of responses against ground-truth object sets."""
     if len(texts) == 0:
         raise EmptyEvaluationError("CHAIR of no responses: a rate over nothing has no value; give at least one response.")
@@ -54,9 +54,9 @@ def chair(texts: Sequence[str], truths: Sequence[set[str]], mentions_fn=toy_ment
         words += len(text.split())
     n = max(1, len(texts))
     return {
-        "chair_i": n_hall / n_mentions if n_mentions else 0.0,
+        "chair_i": n_hall / n_mentions if n_mentions else None,  # no mention: a rate over nothing is absent, not 0
         "chair_s": n_hall_resp / n,
-        "coverage": covered / n_truth if n_truth else 0.0,
+        "coverage": covered / n_truth if n_truth else None,
         "mean_words": words / n,
         "n_mentions": n_mentions,
         "n_hallucinated": n_hall,
@@ -158,7 +158,7 @@ def evaluate_policy(model: Any, processor: Any, scenes: Sequence[Scene], cfg: Ev
     return metrics
 
 
-def _agree(verdicts: Sequence[Verdict], truth: Sequence[bool], idx: Sequence[int]) -> float:
-    """Share of verdicts (accepted = P(yes) > P(no)) equal to the truth, over the given indices."""
+def _agree(verdicts: Sequence[Verdict], truth: Sequence[bool], idx: Sequence[int]) -> float | None:
+    """Share of verdicts (accepted = P(yes) > P(no)) equal to the truth, over the given indices; None over none."""
     idx = list(idx)
-    return sum(verdicts[k].accepted == truth[k] for k in idx) / len(idx) if idx else 0.0
+    return sum(verdicts[k].accepted == truth[k] for k in idx) / len(idx) if idx else None

@@ -265,13 +265,9 @@ class RLAIFVRun:
             self._decomposer = make_decomposer(self.cfg.claims, *llm)
         return self._decomposer
 
-    def _stage(self, path: Path, compute: Callable[[], list], cls: type | None) -> list:
-        """Read a finished artifact made with this configuration, or compute it and write it atomically."""
-        return self.rd.jsonl(path, compute, cls)
-
     # ----- stages --------------------------------------------------------------------------
     def _prompts(self, k: int) -> list[Prompt]:
-        rows = self._stage(self.round_dir(k) / "prompts.jsonl", lambda: [self.source.record(p) for p in self.source.training(k, self.cfg.prompts_per_round, self.cfg.seed)], None)
+        rows = self.rd.jsonl(self.round_dir(k) / "prompts.jsonl", lambda: [self.source.record(p) for p in self.source.training(k, self.cfg.prompts_per_round, self.cfg.seed)], None)
         return [self.source.restore(r) for r in rows]
 
     def engine_settings(self, k: int) -> EngineSettings:
@@ -417,8 +413,8 @@ class _RoundStore:
         self.run, self.folder = run, folder
 
     def stage(self, name: str, compute: Callable[[], list], cls: type | None) -> list:
-        """Read ``folder/name`` or compute and write it (``RLAIFVRun._stage``)."""
-        return self.run._stage(self.folder / name, compute, cls)
+        """Read ``folder/name`` if it was made with this configuration, else compute and write it (``RunDirectory.jsonl``)."""
+        return self.run.rd.jsonl(self.folder / name, compute, cls)
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``folder/name`` (a side file of a stage: not reported as an artifact)."""

@@ -123,4 +123,4 @@ def test_unclaimed_sentences_are_the_ones_without_claims():
     # exactly the sentences the toy decomposer draws no claim from
     claimed = {c.sentence for c in ToyDecomposer().decompose(Candidate("p", 0, texts[0]))}
     assert claimed == {0}
-    assert unclaimed_sentences([])["rate"] == 0.0 and unclaimed_sentences([describe(A)])["n_unclaimed"] == 0
+    assert unclaimed_sentences([])["rate"] is None and unclaimed_sentences([describe(A)])["n_unclaimed"] == 0

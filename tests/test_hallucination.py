@@ -26,7 +26,7 @@ def test_chair_by_hand():
 def test_chair_counts_repeats_and_refuses_empty_input():
     m = chair(["there is a square . there is a square ."], [{"circle"}])
     assert (m["chair_i"], m["n_hallucinated"], m["chair_s"], m["coverage"]) == (1.0, 2, 1.0, 0.0)
-    assert chair([""], [{"circle"}]) == {"chair_i": 0.0, "chair_s": 0.0, "coverage": 0.0, "mean_words": 0.0, "n_mentions": 0, "n_hallucinated": 0}
+    assert chair([""], [{"circle"}]) == {"chair_i": None, "chair_s": 0.0, "coverage": 0.0, "mean_words": 0.0, "n_mentions": 0, "n_hallucinated": 0}  # no mention: CHAIR_i absent
     with pytest.raises(EmptyEvaluationError, match="CHAIR of no responses"):
         chair([], [])  # a rate over nothing has no value, not 0
     with pytest.raises(ValueError):
@@ -64,3 +64,10 @@ def test_evaluate_policy_on_a_tiny_model(tiny_toy):
 def test_committed_policy_answers_the_adversarial_probe(toy_policy):
     model, processor = toy_policy
     assert yes_no_accuracy(model, processor, evaluation_scenes(20)) > 0.9  # README: 0.998 on 200 scenes
+
+
+def test_accuracies_over_no_claim_are_absent_not_zero():
+    from rlaifv_lib.hallucination import _agree
+
+    assert _agree([], [], []) is None  # a share of nothing has no value
+    assert chair(["there is a circle ."], [set()])["coverage"] is None  # no true object: nothing to cover
