@@ -48,9 +48,9 @@ class FeedbackConfig:
         shared_prefix (bool, defaults to True): run each image's common prompt prefix (image tokens
             included) once and only the question tokens per question (``rlaifv_lib.prefix``), for the
             families listed in ``prefix.FAMILIES``; other models use the per-question path.
-        prefix_batch_size (int, defaults to 16): questions of one image run together from its cached
-            prefix. The prefix's key/value cache is copied once per question of a chunk, so memory grows
-            with it (LLaVA-1.5-7B in fp16: about 0.3 GB per copy of a 600-token prefix).
+        prefix_batch_size (int, defaults to 16): questions of one image packed into one forward pass after
+            its cached prefix. The cache is shared, not copied; a chunk's attention mask has (question
+            tokens) x (prefix + question tokens) entries.
     """
 
     batch_size: int = 64

@@ -33,6 +33,7 @@ __all__ = [
     "metrics_per_round",
     "breakdown_bars",
     "pope_bars",
+    "pope_noise_curve",
     "margin_histogram",
     "length_histogram",
     "dpo_curves",
@@ -191,6 +192,21 @@ def pope_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics:
         ax.set(title=f"POPE ({mode} answers)", ylim=(0, 1.05))
     if modes:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(metrics), fontsize=8)
+    return fig
+
+
+@_shown
+def pope_noise_curve(sweep: Mapping[float, Mapping[str, Mapping[str, float]]], metric: str = "accuracy") -> NotebookFigure:
+    """One line per POPE setting: ``metric`` against the image noise, from ``pope.pope_noise_sweep``
+    (error bars: one binomial standard error)."""
+    noises = sorted(sweep)
+    fig, (ax,) = _figure(size=(5.0, 3.2))
+    for setting in dict.fromkeys(s for row in sweep.values() for s in row):
+        values = np.array([sweep[x][setting][metric] for x in noises])
+        errors = np.sqrt(values * (1 - values) / np.array([sweep[x][setting]["n"] for x in noises]))
+        ax.errorbar(noises, values, yerr=errors, marker="o", capsize=3, label=setting)
+    ax.set(title=f"POPE {metric} (logit answers) on noisy images", xlabel="pixel noise (std, 0-255 units)", ylabel=metric)
+    ax.legend()
     return fig
 
 

@@ -12,6 +12,11 @@ the labeler reads them (``feedback.yes_no_probs``). Metrics: accuracy, precision
 
 In the toy world every shape is equally likely under the prior (only *pairs* are tied), so
 ``popular`` is close to ``random``; ``adversarial`` is the setting that tests the prior.
+
+On clean toy images the policy answers almost every question right, so the probe sits at its ceiling.
+``POPEConfig.noise`` adds seeded Gaussian pixel noise to every image and :func:`pope_noise_sweep` reads
+the logit answers at several noise levels: an uncertain model that leaned on the co-occurrence prior
+would then say "yes" to a present shape's partner more often than to a random absent shape.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .errors import ConfigError, check_finite
 from .feedback import FeedbackConfig, yes_no_probs
@@ -45,6 +52,9 @@ __all__ = [
     "pope_answers",
     "pope_probe",
     "pope_all",
+    "noisy_image",
+    "pope_images",
+    "pope_noise_sweep",
 ]
 
 SETTINGS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -63,6 +73,9 @@ class POPEConfig:
         prior_seed (int, defaults to 1): seed of those scenes.
         max_new_tokens (int, defaults to 4): generation length of a text answer.
         batch_size (int, defaults to 64): questions per ``generate`` / forward call.
+        noise (float, defaults to 0.0): standard deviation, in 0-255 pixel units, of the Gaussian noise added to
+            every rendered image (0 = clean images); seeded per scene by ``noise_seed``.
+        noise_seed (int, defaults to 0): seed of the noise.
     """
 
     template: str = "is there a {shape} ?"
@@ -71,9 +84,13 @@ class POPEConfig:
     prior_seed: int = 1
     max_new_tokens: int = 4
     batch_size: int = 64
+    noise: float = 0.0
+    noise_seed: int = 0
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if self.noise < 0:
+            raise ConfigError(f"noise (a standard deviation) must be >= 0, got {self.noise}")
         if "{shape}" not in self.template:
             raise ConfigError(f"template must contain '{{shape}}', got {self.template!r}")
         if self.prior_scenes < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
@@ -217,5 +234,43 @@ def pope_all(model: Any, processor: Any, scenes: Sequence[Scene], cfg: POPEConfi
     """POPE metrics of every setting: ``{setting: {"text": metrics, "logits": metrics}}``."""
     cfg = cfg or POPEConfig()
     stats = prior_stats(cfg.prior_scenes, cfg.prior_seed)
-    images = [render_scene(s) for s in scenes]
+    images = pope_images(scenes, cfg)
     return {s: pope_probe(model, processor, scenes, s, cfg, stats, images) for s in SETTINGS}
+
+
+def noisy_image(image: Image.Image, sigma: float, seed: int) -> Image.Image:
+    """``image`` with seeded Gaussian pixel noise of standard deviation ``sigma`` (0-255 units), clipped."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    pixels = pixels + np.random.default_rng(seed).normal(0.0, sigma, pixels.shape)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def pope_images(scenes: Sequence[Scene], cfg: POPEConfig | None = None) -> list[Image.Image]:
+    """The rendered scenes the probe asks about, with ``cfg.noise`` added (scene i's noise seeded by (noise_seed, i))."""
+    cfg = cfg or POPEConfig()
+    images = [render_scene(s) for s in scenes]
+    if not cfg.noise:
+        return images
+    return [noisy_image(im, cfg.noise, _image_seed(cfg.noise_seed, i)) for i, im in enumerate(images)]
+
+
+def _image_seed(seed: int, index: int) -> int:
+    """A per-image seed from (seed, index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def pope_noise_sweep(model: Any, processor: Any, scenes: Sequence[Scene], noises: Sequence[float], cfg: POPEConfig | None = None) -> dict[float, dict[str, dict[str, float]]]:
+    """Logit-answer POPE metrics per noise level and setting: ``{noise: {setting: metrics}}``."""
+    cfg = cfg or POPEConfig()
+    if not noises:
+        raise ConfigError("pope_noise_sweep needs at least one noise level")
+    stats = prior_stats(cfg.prior_scenes, cfg.prior_seed)
+    items = {s: pope_items(scenes, s, cfg, stats) for s in SETTINGS}
+    out: dict[float, dict[str, dict[str, float]]] = {}
+    for noise in noises:
+        images = pope_images(scenes, replace(cfg, noise=float(noise)))
+        out[float(noise)] = {}
+        for s, its in items.items():
+            probs = yes_no_probs(model, processor, images, [it.question for it in its], [it.scene_index for it in its], FeedbackConfig(batch_size=cfg.batch_size))
+            out[float(noise)][s] = binary_metrics([py > pn for py, pn in probs], [it.truth for it in its])
+    return out

@@ -2,10 +2,13 @@
 
 The labeler's prompts for one image differ only after the image: ``<system text> <576 image tokens>
 <question>``. Instead of running the whole prompt for each question, the prefix (up to where the
-questions' token ids first differ, image tokens included) is run once with a key/value cache; the
-cache is repeated across a chunk of that image's questions (``DynamicCache.batch_repeat_interleave``)
-and only the question tokens are run: right-padded, position ids continuing after the prefix, the
-attention mask covering prefix + question, the logits read at each row's last real token.
+questions' token ids first differ, image tokens included) is run once with a key/value cache. A chunk of
+that image's questions is then packed back to back into ONE row after the cached prefix and run in one
+forward pass: a 4-D attention mask lets each question token see the whole prefix and the earlier tokens of
+its own question only, its position ids continue after the prefix as if it were alone, and the logits are
+read at each question's last token. The prefix's cache is never copied (repeating it per question would
+copy the keys and values of all 576 image tokens once per question); memory grows only with the question
+tokens of a chunk.
 
 Supported families (others use the per-question path): LLaVA and Idefics3/SmolVLM (1-D positions: the
 question continues at position ``len(prefix)``) and Qwen2-VL/Qwen2.5-VL (3-D M-RoPE positions: the model's
@@ -108,36 +111,35 @@ def _start_position(model: Any, inputs: dict[str, torch.Tensor]) -> int:
     return int(positions.max()) + 1
 
 
-def _question_batch(question_ids: Sequence[Sequence[int]], pad_id: int, prefix_len: int, start: int, mrope: bool) -> dict[str, torch.Tensor]:
-    n, width = len(question_ids), max(len(q) for q in question_ids)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, prefix_len + width), dtype=torch.long)
-    for row, q in enumerate(question_ids):
-        ids[row, : len(q)] = torch.tensor(q, dtype=torch.long)
-        mask[row, : prefix_len + len(q)] = 1
-    positions = (start + torch.arange(width)).expand(n, width)
-    last = torch.tensor([[len(q) - 1] for q in question_ids])
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions.expand(3, n, width) if mrope else positions, "logits_to_keep": last}
+def _packed_batch(question_ids: Sequence[Sequence[int]], prefix_len: int, start: int, mrope: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One row holding the questions back to back; each sees the prefix and its own earlier tokens only."""
+    lengths = [len(q) for q in question_ids]
+    ends = torch.tensor(lengths).cumsum(0)
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    offset = torch.arange(int(ends[-1])) - (ends - torch.tensor(lengths))[owner]
+    allowed = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
+    allowed = torch.cat([torch.ones(len(owner), prefix_len, dtype=torch.bool), allowed], dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    positions = (start + offset)[None, :]
+    ids = torch.tensor([t for q in question_ids for t in q], dtype=torch.long)[None, :]
+    return {"input_ids": ids, "attention_mask": mask[None, None], "position_ids": positions.expand(3, 1, -1) if mrope else positions, "logits_to_keep": ends - 1}
 
 
 def prefix_logits(model: Any, processor: Any, plan: PrefixPlan, chunk: int) -> torch.Tensor:
     """Next-token logits after each question of ``plan``: the prefix runs once, the questions ``chunk`` at a time."""
     device = model.device
     inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in plan.inputs.items()}
-    tok = tokenizer_of(processor)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     mrope = FAMILIES[model.config.model_type] == "mrope"
+    dtype = model.get_input_embeddings().weight.dtype
     out = []
     with torch.no_grad():
         start = _start_position(model, plan.inputs)
         prefix = model(**inputs, use_cache=True, logits_to_keep=1).cache
         layers = [(k, v) for k, v, *_ in prefix]
         for lo in range(0, len(plan.question_ids), chunk):
-            rows = plan.question_ids[lo : lo + chunk]
-            cache = DynamicCache(layers, config=model.config)
-            cache.batch_repeat_interleave(len(rows))
-            batch = {k: v.to(device) for k, v in _question_batch(rows, pad_id, plan.prefix_len, start, mrope).items()}
-            out.append(model(**batch, cache=cache, use_cache=True).logits[:, -1, :].float())
+            batch = _packed_batch(plan.question_ids[lo : lo + chunk], plan.prefix_len, start, mrope, dtype)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append(model(**batch, cache=DynamicCache(layers, config=model.config), use_cache=True).logits[0].float())
     return torch.cat(out)
 
 

@@ -57,6 +57,14 @@ def test_pope_bars():
     assert len(fig.axes[0].patches) == 3 * 5  # 3 settings x 5 metrics
 
 
+def test_pope_noise_curve():
+    m = {"accuracy": 0.8, "n": 100}
+    fig = plots.pope_noise_curve({0.0: {"random": m, "adversarial": m}, 80.0: {"random": m, "adversarial": {"accuracy": 0.6, "n": 100}}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["random", "adversarial"]
+    assert any(list(line.get_ydata()) == [0.8, 0.6] for line in ax.lines)
+
+
 def test_histograms():
     fig = plots.margin_histogram([1, 1, 2, 3, 1], bins=3)
     assert sum(_bar_heights(fig.axes[0])) == 5

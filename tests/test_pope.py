@@ -14,9 +14,12 @@ from rlaifv_lib.pope import (
     absent_shapes,
     binary_metrics,
     parse_yes_no,
+    noisy_image,
     pope_all,
     pope_answers,
+    pope_images,
     pope_items,
+    pope_noise_sweep,
     prior_stats,
 )
 from rlaifv_lib.toyworld.scenes import PARTNERS, SHAPES, Scene, ToyObject, evaluation_scenes
@@ -127,6 +130,29 @@ def test_config_checks():
         POPEConfig(template="is there a thing ?")
     with pytest.raises(ConfigError):
         POPEConfig(batch_size=0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            POPEConfig(noise=bad)
+
+
+def test_noise_is_seeded_per_image_and_zero_leaves_the_renders():
+    import numpy as np
+
+    from rlaifv_lib.toyworld import render_scene
+
+    scenes = evaluation_scenes(3)
+    clean = pope_images(scenes)
+    assert all(np.array_equal(np.asarray(a), np.asarray(render_scene(s))) for a, s in zip(clean, scenes))
+    noisy = pope_images(scenes, POPEConfig(noise=60))
+    again = pope_images(scenes, POPEConfig(noise=60))
+    other = pope_images(scenes, POPEConfig(noise=60, noise_seed=1))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(noisy, again))
+    assert not np.array_equal(np.asarray(noisy[0]), np.asarray(other[0]))
+    assert not np.array_equal(np.asarray(noisy[0]) - np.asarray(clean[0]), np.asarray(noisy[1]) - np.asarray(clean[1]))
+    diff = np.asarray(noisy[0], dtype=float) - np.asarray(clean[0], dtype=float)
+    assert 40 < diff.std() < 60  # clipping at 0/255 shrinks it a little below 60
+    flat = noisy_image(clean[0], 0.0, 5)
+    assert np.array_equal(np.asarray(flat), np.asarray(clean[0]))
 
 
 def test_pope_on_tiny_model(tiny_toy):
@@ -144,3 +170,19 @@ def test_pope_on_tiny_model(tiny_toy):
         for mode in ("text", "logits"):
             m = res[setting][mode]
             assert m["n"] == 2 * n_present and 0.0 <= m["accuracy"] <= 1.0
+
+
+def test_noise_sweep_on_tiny_model(tiny_toy):
+    model, processor = tiny_toy
+    scenes = evaluation_scenes(2)
+    cfg = POPEConfig(prior_scenes=100, batch_size=8)
+    sweep = pope_noise_sweep(model, processor, scenes, [0, 80], cfg)
+    n = 2 * sum(len(s.objects) for s in scenes)
+    assert list(sweep) == [0.0, 80.0] and all(set(row) == set(SETTINGS) for row in sweep.values())
+    assert all(m["n"] == n for row in sweep.values() for m in row.values())
+    clean = pope_all(model, processor, scenes, cfg)
+    assert all(sweep[0.0][s] == clean[s]["logits"] for s in SETTINGS)  # noise 0 is the ordinary probe
+    with pytest.raises(ConfigError):
+        pope_noise_sweep(model, processor, scenes, [], cfg)
+    with pytest.raises(ConfigError):
+        pope_noise_sweep(model, processor, scenes, [-5], cfg)
