@@ -211,10 +211,11 @@ def plan_run(cfg: RLAIFVConfig, layout: PlanLayout | None = None, assume: PlanAs
         P = int(got.get("prompts", cfg.prompts_per_round))
         R = int(got.get("responses", P * s.n))
         C = int(got["claims"]) if got else math.ceil(R * assume.claims_per_response)
-        resp = got["response_tokens"] if got else R * (s.max_new_tokens if assume.response_tokens is None else assume.response_tokens)
+        resp = got["response_tokens"] if got else (None if assume.response_tokens is None else R * assume.response_tokens)
+        mean_resp = resp / max(R, 1) if resp is not None else s.max_new_tokens  # the bound where nothing says otherwise
         prompt_len = img_p + (got["prompt_text_tokens"] if got else assume.prompt_text_tokens)
         # sample: a shared prefill runs each prompt once but its last token, then every row continues from it
-        rows.append(dict(round=k, stage="sample", responses=R / N, tokens_generated=resp / N, tokens_bound=R * s.max_new_tokens / N, image_tokens=(P if shared_prefill else R) * img_p / N,
+        rows.append(dict(round=k, stage="sample", responses=R / N, tokens_generated=None if resp is None else resp / N, tokens_bound=R * s.max_new_tokens / N, image_tokens=(P if shared_prefill else R) * img_p / N,
                          prefill_whole=R * prompt_len / N, prefill_shared=(P * (prompt_len - 1) + R if shared_prefill else R * prompt_len) / N,
                          memory_gib=w_policy + resident + min(s.batch_size, R) * (prompt_len + s.max_new_tokens) * kv_p / GIB, source=tag))  # fmt: skip
         if decomposer:  # pass (a) per response, pass (b) per fact: each at most claims.max_new_tokens
@@ -233,7 +234,7 @@ def plan_run(cfg: RLAIFVConfig, layout: PlanLayout | None = None, assume: PlanAs
                          memory_gib=w_policy + resident + chunk_tokens * kv_l / GIB, source=tag))  # fmt: skip
         pairs = int(got.get("pairs", P * cfg.pairs.max_pairs_per_prompt))
         seen = pairs * d.epochs if d.max_steps <= 0 else min(d.max_steps * d.batch_size * d.grad_accum * N, pairs * d.epochs)
-        seq_tokens = prompt_len + (got["pair_response_tokens"] / 2 if got else resp / max(R, 1))  # mean tokens of one chosen or rejected sequence
+        seq_tokens = prompt_len + (got["pair_response_tokens"] / 2 if got else mean_resp)  # mean tokens of one chosen or rejected sequence
         # TRL with LoRA and no ref_model: the reference (adapters off) runs a forward pass on every sequence it trains on
         rows.append(dict(round=k, stage="dpo", pairs=pairs / N, dpo_sequences=2 * seen / N, image_tokens=2 * 2 * seen * img_p / N,
                          prefill_whole=2 * 2 * seen * seq_tokens / N, memory_gib=resident + dpo_mem, source=tag, dpo_pairs_seen=seen))  # fmt: skip
