@@ -217,7 +217,7 @@ def plan_run(cfg: RLAIFVConfig, layout: PlanLayout | None = None, assume: PlanAs
         # sample: a shared prefill runs each prompt once but its last token, then every row continues from it
         rows.append(dict(round=k, stage="sample", responses=R / N, tokens_generated=None if resp is None else resp / N, tokens_bound=R * s.max_new_tokens / N, image_tokens=(P if shared_prefill else R) * img_p / N,
                          prefill_whole=R * prompt_len / N, prefill_shared=(P * (prompt_len - 1) + R if shared_prefill else R * prompt_len) / N,
-                         memory_gib=w_policy + resident + min(s.batch_size, R) * (prompt_len + s.max_new_tokens) * kv_p / GIB, source=tag))  # fmt: skip
+                         memory_gib=w_policy + resident + min(s.batch_size, math.ceil(R / N)) * (prompt_len + s.max_new_tokens) * kv_p / GIB, source=tag))  # fmt: skip
         if decomposer:  # pass (a) per response, pass (b) per fact: each at most claims.max_new_tokens
             rows.append(dict(round=k, stage="decompose", responses=R / N, tokens_bound=(R + C) * cfg.claims.max_new_tokens / N, claims=C / N,
                              memory_gib=w_policy + w_decomp + (w_labeler if k > 1 else 0.0), source=tag))  # fmt: skip
@@ -251,7 +251,7 @@ def _num(v: Any) -> str:
 
 
 _COLUMNS = [("responses", "responses"), ("tokens_generated", "tokens gen."), ("tokens_bound", "bound"), ("claims", "claim Qs"), ("dpo_sequences", "DPO seqs"),
-            ("image_tokens", "image tok."), ("prefill_whole", "prefill"), ("prefill_shared", "prefill (shared)"), ("memory_gib", "GiB/process")]  # fmt: skip
+            ("image_tokens", "image tok."), ("prefill_whole", "LM tokens"), ("prefill_shared", "LM tok. shared"), ("memory_gib", "GiB/process")]  # fmt: skip
 
 
 def format_plan(plan: dict, title: str = "") -> str:
@@ -262,6 +262,8 @@ def format_plan(plan: dict, title: str = "") -> str:
         cells = "".join(f"{(_num(r.get(key)) if key != 'memory_gib' or r.get(key) is None else f'{r[key]:.1f}'):>17}" for key, _ in _COLUMNS)
         lines.append(f"{r['round']:>5} {r['stage']:<10}{cells}  {r['source']}")
     p, lay, a = plan["params"], plan["layout"], plan["assumptions"]
+    lines.append("LM tokens: prompt tokens the language model runs (sample: every row's prompt; score: every question's whole prompt;"
+                 " dpo: chosen + rejected sequences, trained and reference passes); shared: each prompt/image prefix once")  # fmt: skip
     lines.append(f"per process of {lay.processes}; labeler over {lay.labeler_gpus} device(s); images {lay.image_size[0]}x{lay.image_size[1]} -> "
                  f"{plan['image_tokens']['policy']} policy / {plan['image_tokens']['labeler']} labeler image tokens")  # fmt: skip
     lines.append("params: " + ", ".join(f"{k} {v / 1e9:.2f}B" for k, v in p.items() if v))
