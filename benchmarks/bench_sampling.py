@@ -123,21 +123,22 @@ def main() -> None:
     # the sampling step alone, on score tensors of the model's shape
     vocab = model.get_output_embeddings().weight.shape[0]
     scores = torch.randn(len(rows), vocab, device=device) * 3
-    steps = 50
+    steps = 20
     step_fns = {
         "generate(do_sample=True)": lambda: torch.multinomial(torch.softmax(scores / args.temperature, -1), 1),
         "SeededSampler (on device)": (lambda s: lambda: s(None, scores))(SeededSampler(seeds, args.temperature)),
         "per-row multinomial (before)": (lambda s: lambda: s(None, scores))(PerRowMultinomial(seeds, args.temperature)),
     }  # fmt: skip
-    step_ms = {}
-    for w, fn in step_fns.items():
-        fn()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
+    step_ms = dict.fromkeys(step_fns, 0.0)
+    for fn in step_fns.values():
+        fn()  # warm-up
+    for _ in range(steps):  # interleaved, as the generate passes
+        for w, fn in step_fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
             fn()
-        _sync(device)
-        step_ms[w] = (time.perf_counter() - t0) / steps * 1e3
+            _sync(device)
+            step_ms[w] += (time.perf_counter() - t0) / steps * 1e3
 
     n_tokens = len(rows) * args.new_tokens
     print(f"{what} on {device}, {torch.get_num_threads()} threads")
