@@ -284,7 +284,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     layout = PlanLayout(processes=args.processes, labeler_gpus=args.labeler_gpus, image_size=tuple(args.image_size))
     assume = PlanAssumptions(claims_per_response=args.claims_per_response, prompt_text_tokens=args.prompt_text_tokens, question_tokens=args.question_tokens)
-    measured = measure_run(args.run, load_processor(cfg.policy, cfg.load), cfg) if args.run else None
+    labeler_processor = load_processor(cfg.labeler, cfg.load) if args.run and cfg.labeler else None
+    measured = measure_run(args.run, load_processor(cfg.policy, cfg.load), cfg, labeler_processor) if args.run else None
     if args.run and not measured:
         raise ConfigError(f"{args.run} holds no finished round (round_k/pairs.jsonl) to measure")
     labeler = args.labeler_arch or cfg.labeler

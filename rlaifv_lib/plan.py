@@ -149,13 +149,14 @@ def _kv_bytes_per_token(config: Any) -> int:
     return 2 * text.num_hidden_layers * (text.num_key_value_heads or text.num_attention_heads) * head * 2
 
 
-def measure_run(run_dir: str | Path, processor: Any, cfg: RLAIFVConfig) -> dict[int, dict[str, float]]:
-    """Counts of a finished run's rounds from its artifacts, tokenized with the policy's ``processor`` (self-feedback:
-    it is the labeler's too): prompts, responses, response tokens, claims, prompt/prefix/question text tokens, pairs."""
+def measure_run(run_dir: str | Path, processor: Any, cfg: RLAIFVConfig, labeler_processor: Any | None = None) -> dict[int, dict[str, float]]:
+    """Counts of a finished run's rounds from its artifacts, tokenized with the policy's ``processor`` (questions with
+    ``labeler_processor``, default the policy's: self-feedback): prompts, responses, response/prompt/prefix/question tokens, claims, pairs."""
     from .models import chat_prompt, tokenizer_of
     from .records import prompt_of, read_jsonl_marked
 
-    tok = tokenizer_of(processor)
+    tok, labeler_processor = tokenizer_of(processor), labeler_processor or processor
+    ltok = tokenizer_of(labeler_processor)
     n_ids = lambda text: len(tok(text)["input_ids"])  # noqa: E731  (as prefix.plan_prefix tokenizes: specials included)
     out: dict[int, dict[str, float]] = {}
     for k in range(1, cfg.rounds + 1):
@@ -165,7 +166,7 @@ def measure_run(run_dir: str | Path, processor: Any, cfg: RLAIFVConfig) -> dict[
         rows = {name: read_jsonl_marked(rd / f"{name}.jsonl")[0] for name in ("prompts", "candidates", "claims", "pairs")}
         by_prompt: dict[str, list[list[int]]] = {}
         for c in rows["claims"]:
-            by_prompt.setdefault(prompt_of(c["candidate_id"]), []).append(tok(chat_prompt(processor, c["question"] + cfg.feedback.question_suffix))["input_ids"])
+            by_prompt.setdefault(prompt_of(c["candidate_id"]), []).append(ltok(chat_prompt(labeler_processor, c["question"] + cfg.feedback.question_suffix))["input_ids"])
         prefix_text = question = prefix_text_per_q = 0
         for ids in by_prompt.values():  # the split of prefix.plan_prefix: longest common prefix, every question keeps >= 1 token
             common = next((i for i in range(min(map(len, ids))) if any(r[i] != ids[0][i] for r in ids)), min(map(len, ids)))
