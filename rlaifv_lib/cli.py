@@ -1,4 +1,4 @@
-"""The ``rlaifv`` command: ``demo``, ``pretrain-toy``, ``round``, ``run``, ``eval``.
+"""The ``rlaifv`` command: ``demo``, ``pretrain-toy``, ``round``, ``run``, ``eval``, ``plan``.
 
 ``rlaifv run`` takes its flags from :class:`RunArguments` (through ``transformers.HfArgumentParser``) and every
 other setting from a YAML file (``--config``) that mirrors ``pipeline.RLAIFVConfig`` (nested configs as
@@ -275,6 +275,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_and_show(args, title, ["chair_i", "chair_s", "coverage", "labeler_accuracy", "judge_rejection_rate"])
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the work of a run per round and stage, and the memory per process, for a layout (``rlaifv_lib.plan``)."""
+    from .models import load_processor
+    from .plan import PlanAssumptions, PlanLayout, format_plan, measure_run, plan_run
+
+    _set_threads(args.threads)
+    cfg = _run_config(args)
+    layout = PlanLayout(processes=args.processes, labeler_gpus=args.labeler_gpus, image_size=tuple(args.image_size))
+    assume = PlanAssumptions(claims_per_response=args.claims_per_response, prompt_text_tokens=args.prompt_text_tokens, question_tokens=args.question_tokens)
+    labeler_processor = load_processor(cfg.labeler, cfg.load) if args.run and cfg.labeler else None
+    measured = measure_run(args.run, load_processor(cfg.policy, cfg.load), cfg, labeler_processor) if args.run else None
+    if args.run and not measured:
+        raise ConfigError(f"{args.run} holds no finished round (round_k/pairs.jsonl) to measure")
+    labeler = args.labeler_arch or cfg.labeler
+    title = f"plan: {cfg.rounds} rounds x {cfg.prompts_per_round} prompts x {cfg.sampling.n} candidates; policy {cfg.policy}, labeler {labeler or 'the policy (self-feedback)'}"
+    print(format_plan(plan_run(cfg, layout, assume, measured, labeler_arch=args.labeler_arch), title))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rlaifv`` command."""
     p = argparse.ArgumentParser(prog="rlaifv", description="RLAIF-V on a toy visual world (and real MLLMs).")
@@ -324,6 +343,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--show", type=int, default=0, help="print this many sampled descriptions")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=cmd_eval)
+    pl = sub.add_parser("plan", help="the work of a run per round and stage and the memory per process (computed; no throughput assumed)")
+    pl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
+    pl.add_argument("--config", default=None, help="YAML file mirroring RLAIFVConfig (see configs/)")
+    pl.add_argument("--smoke", action="store_true", help="the smoke settings of demo/run")
+    pl.add_argument("--policy", default=None, help="policy preset or folder")
+    pl.add_argument("--labeler", default=None, help="separate labeler (preset or folder)")
+    pl.add_argument("--labeler-arch", default=None, help="the labeler's architecture for the plan only (e.g. llava-next-34b, or a config.json)")
+    pl.add_argument("--rounds", type=int, default=None)
+    pl.add_argument("--prompts", dest="prompts_per_round", type=int, default=None, help="prompts per round")
+    pl.add_argument("--n", type=int, default=None, help="candidates per prompt")
+    pl.add_argument("--load-in-4bit", action="store_true")
+    pl.add_argument("--processes", type=int, default=1, help="data-parallel processes (one policy replica each)")
+    pl.add_argument("--labeler-gpus", type=int, default=1, help="devices one labeler replica is split over")
+    pl.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    pl.add_argument("--claims-per-response", type=float, default=8.0, help="assumed where no run is measured")
+    pl.add_argument("--prompt-text-tokens", type=int, default=40, help="assumed where no run is measured")
+    pl.add_argument("--question-tokens", type=int, default=25, help="assumed where no run is measured")
+    pl.add_argument("--run", default=None, help="a run directory whose finished rounds give measured counts")
+    pl.add_argument("--seed", type=int, default=None)
+    pl.add_argument("--threads", type=int, default=2)
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

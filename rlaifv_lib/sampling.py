@@ -77,24 +77,39 @@ def candidate_seed(seed: int, prompt_id: str, index: int) -> int:
 
 
 class SeededSampler(LogitsProcessor):
-    """Samples each row from its own ``torch.Generator``; greedy decoding then keeps that token."""
+    """Samples each row from its own ``torch.Generator`` on the scores' device; greedy decoding then keeps that token.
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    Each row's token is the exponential race ``argmax(p / q)``, ``q ~ Exp(1)`` drawn from that row's generator:
+    the rule ``torch.multinomial(p, 1)`` itself follows, so on CPU the draws are bit-for-bit those of
+    ``torch.multinomial(probs[row], 1, generator=gen)`` (tested). The rows' draws go into one tensor on the
+    model's device, and one ``argmax`` picks every row's token: no host round-trip per row or per token.
+    Generators are made on the device of the first scores they see (the logits' device, also under a device
+    map; ``device`` fixes it earlier). A CUDA generator's stream differs from a CPU one's: the same seed gives
+    other, equally reproducible candidates there (same seed, same candidates at any batch size, on that device).
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0, device: torch.device | str | None = None):
+        self.seeds = [int(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
+        self.generators = self._make(torch.device(device)) if device is not None else []
+
+    def _make(self, device: torch.device) -> list[torch.Generator]:
+        return [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.generators:
+            self.generators = self._make(scores.device)
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_p, idx = probs.sort(dim=-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
             probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-        out = torch.full_like(scores, float("-inf"))
+        q = torch.empty_like(probs)
         for row, gen in enumerate(self.generators):
-            tok = torch.multinomial(probs[row].cpu(), 1, generator=gen)
-            out[row, tok.to(scores.device)] = 0.0
-        return out
+            q[row].exponential_(1.0, generator=gen)  # what torch.multinomial(probs[row], 1, generator=gen) draws
+        tokens = (probs / q).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
 
 def _prefill(model: Any, inputs: dict[str, torch.Tensor]) -> Any:

@@ -85,3 +85,62 @@ def test_shared_prefill_gives_todays_candidates_on_tiny_architectures(arch, monk
     assert calls == ([] if arch == "qwen2_vl" else [2])  # Qwen's M-RoPE families prefill every row
     assert [c.text for c in shared] == [c.text for c in today]
     assert len({c.text for c in today}) > 1
+
+
+class _PerRowMultinomial:
+    """The sampler before it moved onto the device: ``torch.multinomial`` on a CPU generator, row by row."""
+
+    def __init__(self, seeds, temperature, top_p=1.0):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
+            probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
+        out = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            out[row, torch.multinomial(probs[row].cpu(), 1, generator=gen)] = 0.0
+        return out
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exponential_race_draws_what_per_row_multinomial_drew_on_cpu(top_p, dtype):
+    seeds = [candidate_seed(0, f"p{k % 3}", k) for k in range(8)]
+    new, old = sampling.SeededSampler(seeds, 0.7, top_p), _PerRowMultinomial(seeds, 0.7, top_p)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(30):  # peaked and flat distributions over a Llama-sized and a toy-sized vocabulary
+        scores = (torch.randn(8, 32064 if step % 2 else 37, generator=gen) * (1 + step % 5)).to(dtype)
+        a, b = new(None, scores), old(None, scores)
+        assert torch.equal(a, b)
+        assert a.dtype == scores.dtype and int((a == 0).sum()) == 8
+    assert all(g.device.type == "cpu" for g in new.generators)
+
+
+def test_toy_policy_candidates_are_those_of_per_row_multinomial(toy_policy, monkeypatch):
+    model, proc = toy_policy
+    cfg = SamplingConfig(n=4, batch_size=8, top_p=0.95)
+    now = sample_candidates(model, proc, _prompts(3), cfg, progress=False)
+    monkeypatch.setattr(sampling, "SeededSampler", _PerRowMultinomial)
+    before = sample_candidates(model, proc, _prompts(3), cfg, progress=False)
+    assert [c.text for c in now] == [c.text for c in before]
+    assert len({c.text for c in now}) > 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_same_candidates_at_batch_1_and_8_with_generators_on_the_model_device(tiny_toy, device):
+    model, proc = tiny_toy
+    model = model.to(device)
+    try:
+        one = sample_candidates(model, proc, _prompts(2), SamplingConfig(n=4, batch_size=1, max_new_tokens=10), progress=False)
+        eight = sample_candidates(model, proc, _prompts(2), SamplingConfig(n=4, batch_size=8, max_new_tokens=10), progress=False)
+    finally:
+        model.to("cpu")
+    assert [c.text for c in one] == [c.text for c in eight]
+    assert len({c.text for c in one}) > 1
+    sampler = sampling.SeededSampler([1, 2], 0.7)
+    sampler(None, torch.zeros(2, 5, device=device))
+    assert {g.device.type for g in sampler.generators} == {device}
