@@ -11,6 +11,13 @@ switched off, which TRL does when it is given ``peft_config`` and no ``ref_model
 Each RLAIF-V round starts from a *plain* model: after training, :func:`merge_adapters` folds the
 adapters into a full-precision copy of the base (merging into the 4-bit weights would re-quantise
 them and move the model), and the next round loads that merged model, quantised again.
+
+Launched as N processes (``torchrun`` / ``accelerate launch``, ``configs/accelerate/``), the same trainer runs data
+parallel (DDP; NCCL on GPUs, gloo on CPU; or the DeepSpeed/FSDP plugin of the accelerate config): each process
+takes ``batch_size`` pairs per step, so one optimiser step sees ``batch_size x grad_accum x N`` pairs
+(``dpo_log.json`` records ``world_size`` and ``global_batch_size``); one process writes the adapters and the log.
+The reference log-probs are computed in each step's forward with the adapters switched off (no second copy of the
+model): TRL 1.16's ``precompute_ref_log_probs`` refuses vision datasets, so they cannot be computed once up front.
 """
 
 from __future__ import annotations
@@ -169,6 +176,8 @@ class DPOResult:
     memory: dict[str, float]
     train_runtime_s: float
     settings: dict = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together (DDP/DeepSpeed/FSDP under a launch); one wrote the files
+    global_batch_size: int = 0  # pairs per optimiser step over all processes: batch_size x grad_accum x world_size
     model: Any = field(default=None, repr=False)  # the trained PeftModel (in memory only)
 
     def summary(self) -> dict:
@@ -395,6 +404,8 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
         memory=memory,
         train_runtime_s=runtime,
         settings=asdict(settings),
+        world_size=trainer.args.world_size,
+        global_batch_size=settings.batch_size * settings.grad_accum * trainer.args.world_size,
         model=peft_model,
     )
     if trainer.is_world_process_zero():
