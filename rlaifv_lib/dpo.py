@@ -293,6 +293,7 @@ def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
         save_strategy="no",
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under DDP: every LoRA weight gets a gradient each step
     )
 
 
