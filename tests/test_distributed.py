@@ -1,0 +1,116 @@
+"""The data engine and DPO on N processes: byte-identical artifacts to 1 process, DDP training, one writer, resume.
+
+The smoke run (``cli.SMOKE``: 8 prompts x 4 candidates, 2 DPO steps) with one round and smaller sampling and
+labeler batches, so that every stage has several work units to split (4 sampling batches per round, 8 images to
+score), runs once as 1 process and once under ``python -m torch.distributed.run --nproc_per_node 2`` (gloo, CPU).
+The 2-process launch is first broken: rank 1 (not the writer) SIGKILLs itself right after ``pairs.jsonl`` is
+finished, as DDP training is about to start, and torchrun takes the whole launch down. The same launch command then
+resumes the run and finishes it. Every data-engine artifact (prompts, candidates, claims, verdicts, scored, pairs,
+pair statistics) and ``run.json`` must be the same bytes as the 1-process run's; the baseline evaluation, computed
+with the same split, the same values. DPO must have run with 2 processes, and exactly one process wrote the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlaifv_lib import distributed
+from rlaifv_lib.cli import SMOKE
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+WORKER = TESTS / "distributed_worker.py"
+ENGINE_ARTIFACTS = ["run.json", *(f"round_1/{n}" for n in ("prompts.jsonl", "candidates.jsonl", "claims.jsonl", "verdicts.jsonl", "scored.jsonl", "pairs.jsonl", "pair_stats.json"))]  # fmt: skip
+TIMEOUT_S = 600
+
+
+def _config() -> dict:
+    cfg = json.loads(json.dumps(SMOKE))
+    cfg.update(rounds=1, feedback={"batch_size": 16})
+    cfg["sampling"]["batch_size"] = 8
+    cfg["dpo"]["progress"] = False
+    return cfg
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU, as on a laptop
+    return {**env, **extra}
+
+
+def _launch(args: list[str], run_dir: Path, cfg: Path, report: Path, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *args, str(WORKER), str(run_dir), str(cfg), str(report)]
+    return subprocess.run(cmd, env=_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def _torchrun(port: int) -> list[str]:
+    return ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_process_helpers_are_plain():
+    """Outside a launch nothing is initialised: rank 0 of 1, map_shards is a loop, agree returns its value."""
+    assert not distributed.launched()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.map_shards(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
+    assert distributed.agree({"a": 1}) == {"a": 1} and distributed.share(5) == 5
+    distributed.barrier()
+
+
+def test_shard_devices_splits_a_node_evenly(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.shard_devices(8) == [4, 5, 6, 7]  # labeler-over-GPUs: 2 processes x 4 GPUs
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.shard_devices(8) == [3]  # policy-per-GPU
+    with pytest.raises(RuntimeError, match="at least as many GPUs"):
+        distributed.shard_devices(4)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_then_resume_after_a_rank_is_killed(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(_config()))
+    one, two = tmp_path / "one", tmp_path / "two"
+    ref = _launch([], one, cfg, tmp_path / "report1")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    killed = _launch(_torchrun(_free_port()), two, cfg, tmp_path / "killed", RLAIFV_TEST_KILL="1:round_1/pairs.jsonl")
+    assert killed.returncode != 0, "the launch went on after rank 1 was killed"
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*exitcode\s*:\s*-9", killed.stderr), "rank 1 did not die by SIGKILL:\n" + killed.stderr[-3000:]
+    assert (two / "round_1" / "pairs.jsonl").exists() and not (two / "round_1" / "dpo" / "rlaifv_stage.json").exists()
+    assert not (tmp_path / "killed").exists(), "a process finished the run although rank 1 was killed"
+
+    resumed = _launch(_torchrun(_free_port()), two, cfg, tmp_path / "report2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    for rel in ENGINE_ARTIFACTS:
+        assert (two / rel).read_bytes() == (one / rel).read_bytes(), f"{rel} differs from the 1-process run"
+    base1, base2 = (json.loads((d / "round_0" / "eval.json").read_text()) for d in (one, two))
+    assert {k: v for k, v in base2.items() if k != "seconds"} == {k: v for k, v in base1.items() if k != "seconds"}
+
+    log2 = json.loads((two / "round_1" / "dpo" / "dpo_log.json").read_text())
+    log1 = json.loads((one / "round_1" / "dpo" / "dpo_log.json").read_text())
+    assert (log1["world_size"], log2["world_size"]) == (1, 2)
+    assert log2["global_batch_size"] == 2 * log1["global_batch_size"]
+    roles = sorted((json.loads(p.read_text()) for p in (tmp_path / "report2").glob("rank*.json")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world_size"], r["writer"]) for r in roles] == [(0, 2, True), (1, 2, False)]
+    assert (two / "round_1" / "model" / "model.safetensors").exists() and (two / "summary.json").exists()
+    assert not [p for p in two.rglob("*") if ".rlaifv-tmp-" in p.name], "temporaries left behind"
