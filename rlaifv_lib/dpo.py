@@ -232,7 +232,7 @@ def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, sett
     check_model_folder(path, tokenizer=False)
     try:
         config = AutoConfig.from_pretrained(path) if quantize else None
-        kwargs = load_kwargs(LoadOptions(load_in_4bit=quantize, double_quant=settings.double_quant, dtype=dtype), config)
+        kwargs = load_kwargs(LoadOptions(load_in_4bit=quantize, double_quant=settings.double_quant, dtype=dtype), config, training=True)
         with quiet_loading():
             return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -389,7 +389,9 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
     adapter_dir = output_dir / "adapter"
     _require_finite(peft_model, f"DPO training made LoRA adapters with non-finite weights, so nothing was saved to {output_dir}", only_trainable=True)
-    if trainer.is_world_process_zero():  # under DDP (accelerate launch) one process writes the files
+    if _sharded(trainer):  # ZeRO-3 / FSDP: every process holds a shard; the trainer gathers them, its rank 0 writes
+        trainer.save_model(str(adapter_dir))
+    elif trainer.is_world_process_zero():  # one process (or DDP / ZeRO-2 under a launch, whole copies): one writes
         peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
         trainer.processing_class.save_pretrained(str(adapter_dir))
     trainable, total = count_parameters(peft_model)
@@ -413,6 +415,14 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
         write_json(output_dir / "dpo_log.json", result.summary())
     trainer.accelerator.wait_for_everyone()  # the other processes return once the files exist
     return result
+
+
+def _sharded(trainer: Any) -> bool:
+    """Whether the trained weights are split over the processes (FSDP, or DeepSpeed ZeRO stage 3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def _require_finite(model: torch.nn.Module, what: str, only_trainable: bool = False) -> None:

@@ -395,8 +395,11 @@ def quiet_loading() -> Iterator[None]:
             hub_utils.disable_progress_bars()
 
 
-def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = AutoModelForImageTextToText, toy: bool = False) -> dict[str, Any]:
+def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = AutoModelForImageTextToText, toy: bool = False, training: bool = False) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``options``; 4-bit loading needs the model's ``config``.
+
+    Under a multi-process launch on GPUs a model for inference goes to this process's own GPU(s); a full-precision
+    model for ``training`` is left where the trainer (DDP, DeepSpeed, FSDP) wants to place it.
 
     Every 4-bit load of the library (``load_model``, ``load_causal_lm``, the DPO base) goes through here, so
     :func:`bnb_4bit_config` is the one place where a ``BitsAndBytesConfig`` is built.
@@ -416,7 +419,7 @@ def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = Aut
             kwargs["device_map"] = local_device_map()
     if options.device_map is not None:
         kwargs["device_map"] = options.device_map
-    if distributed.launched() and torch.cuda.is_available():  # N processes on one node's GPUs: each uses its own
+    if distributed.launched() and torch.cuda.is_available() and not training:  # N processes on a node's GPUs: each its own
         if options.device_map is None:
             kwargs["device_map"] = local_device_map()  # policy-per-GPU
         elif options.device_map == "auto":  # labeler-over-GPUs: spread over this process's share of the GPUs only
