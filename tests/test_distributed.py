@@ -4,8 +4,8 @@ The smoke run (``cli.SMOKE``: 8 prompts x 4 candidates, 2 DPO steps) with one ro
 labeler batches, so that every stage has several work units to split (4 sampling batches per round, 8 images to
 score), runs once as 1 process and once under ``python -m torch.distributed.run --nproc_per_node 2`` (gloo, CPU).
 The 2-process launch is first broken: rank 1 (not the writer) SIGKILLs itself right after ``pairs.jsonl`` is
-finished, as DDP training is about to start, and torchrun takes the whole launch down. The same launch command then
-resumes the run and finishes it. Every data-engine artifact (prompts, candidates, claims, verdicts, scored, pairs,
+finished, as DDP training is about to start, and torchrun takes the whole launch down. ``accelerate launch`` with the
+shipped ``configs/accelerate/cpu_gloo.yaml`` then resumes the run and finishes it. Every data-engine artifact (prompts, candidates, claims, verdicts, scored, pairs,
 pair statistics) and ``run.json`` must be the same bytes as the 1-process run's; the baseline evaluation, computed
 with the same split, the same values. DPO must have run with 2 processes, and exactly one process wrote the run.
 """
@@ -98,7 +98,8 @@ def test_two_processes_match_one_then_resume_after_a_rank_is_killed(tmp_path):
     assert (two / "round_1" / "pairs.jsonl").exists() and not (two / "round_1" / "dpo" / "rlaifv_stage.json").exists()
     assert not (tmp_path / "killed").exists(), "a process finished the run although rank 1 was killed"
 
-    resumed = _launch(_torchrun(_free_port()), two, cfg, tmp_path / "report2")
+    accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_gloo.yaml"), "--main_process_port", str(_free_port())]
+    resumed = _launch(accelerate, two, cfg, tmp_path / "report2")  # the shipped accelerate config, resuming torchrun's run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     for rel in ENGINE_ARTIFACTS:
@@ -114,3 +115,13 @@ def test_two_processes_match_one_then_resume_after_a_rank_is_killed(tmp_path):
     assert [(r["rank"], r["world_size"], r["writer"]) for r in roles] == [(0, 2, True), (1, 2, False)]
     assert (two / "round_1" / "model" / "model.safetensors").exists() and (two / "summary.json").exists()
     assert not [p for p in two.rglob("*") if ".rlaifv-tmp-" in p.name], "temporaries left behind"
+
+
+@pytest.mark.parametrize("name,kind", [("cpu_gloo", "MULTI_GPU"), ("multi_gpu", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_shipped_accelerate_configs_load(name, kind):
+    """Each file under configs/accelerate is a valid accelerate config of its kind (accelerate's own loader)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind and cfg.num_machines == 1 and not cfg.use_cpu
+    assert (cfg.deepspeed_config or {}).get("zero_stage") == {"deepspeed_zero2": 2, "deepspeed_zero3": 3}.get(name)
