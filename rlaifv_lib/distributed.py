@@ -110,14 +110,15 @@ def share(n: int) -> int:
 
 
 def shard_devices(n_gpus: int | None = None) -> list[int]:
-    """The GPUs this process owns when ``local world size`` processes share a node's GPUs evenly.
+    """The GPUs this process owns when the node's processes share its GPUs evenly: ``LOCAL_RANK``, then every
+    ``LOCAL_WORLD_SIZE``-th GPU after it.
 
-    One process per GPU (policy-per-GPU) gives ``[LOCAL_RANK]``; 2 processes on 8 GPUs give ranks 0 and 1 the
-    GPUs [0..3] and [4..7] (labeler-over-GPUs: ``LoadOptions(device_map="auto")`` spreads a model over them only).
+    One process per GPU (policy-per-GPU) gives ``[LOCAL_RANK]``. Two processes on 8 GPUs give rank 0 GPUs [0, 2, 4, 6]
+    and rank 1 GPUs [1, 3, 5, 7] (labeler-over-GPUs: ``LoadOptions(device_map="auto")`` spreads a model over them
+    only). Each process's first GPU is ``cuda:LOCAL_RANK``, the device accelerate gives it for training.
     """
     n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
     local, local_size = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if n_gpus < local_size:
         raise RuntimeError(f"{local_size} processes per node need at least as many GPUs, found {n_gpus}")
-    per = n_gpus // local_size
-    return list(range(local * per, (local + 1) * per))
+    return list(range(local, n_gpus, local_size))[: n_gpus // local_size]

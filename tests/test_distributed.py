@@ -76,7 +76,8 @@ def test_one_process_helpers_are_plain():
 def test_shard_devices_splits_a_node_evenly(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.shard_devices(8) == [4, 5, 6, 7]  # labeler-over-GPUs: 2 processes x 4 GPUs
+    assert distributed.shard_devices(8) == [1, 3, 5, 7]  # labeler-over-GPUs: 2 processes x 4 GPUs, the first = LOCAL_RANK
+    assert distributed.shard_devices(9) == [1, 3, 5, 7]  # an odd GPU left over is left out
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert distributed.shard_devices(8) == [3]  # policy-per-GPU
