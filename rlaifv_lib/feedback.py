@@ -5,7 +5,9 @@ polar question. From the softmax of the *next-token* logits of one batched forwa
 is accepted iff P(yes)+P(Yes) > P(no)+P(No) — no text is generated. A response's score is
 -(number of rejected claims); a response with no claims gets no score and is never paired.
 Each image's prompt prefix (chat text and image tokens) runs once for all of its questions
-(``rlaifv_lib.prefix``); models of other families run every question's whole prompt.
+(``rlaifv_lib.prefix``); models of other families run every question's whole prompt. Under a multi-process launch
+the images (or question batches) are dealt to the processes and the verdicts gathered in order
+(``rlaifv_lib.distributed``).
 """
 
 from __future__ import annotations
