@@ -85,6 +85,37 @@ def test_shard_devices_splits_a_node_evenly(monkeypatch):
         distributed.shard_devices(4)
 
 
+_HELPERS_UNDER_TORCHRUN = """
+import json, sys
+from rlaifv_lib import distributed
+seen = []
+out = {
+    "rank": distributed.rank(), "size": distributed.world_size(),
+    "five": distributed.map_shards(lambda u: (seen.append(u), u * 10)[1], list(range(5))),
+    "one": distributed.map_shards(lambda u: u + 1, [7]), "none": distributed.map_shards(lambda u: u, []),
+    "agreed": distributed.agree(distributed.rank() + 100), "share": distributed.share(5),
+}
+out["seen"] = seen
+distributed.barrier()
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_helpers_under_two_gloo_processes(tmp_path):
+    """map_shards deals units round-robin and gathers them in order (also with fewer units than ranks, or none)."""
+    script = tmp_path / "helpers.py"
+    script.write_text(_HELPERS_UNDER_TORCHRUN)
+    cmd = [sys.executable, *_torchrun(_free_port()), str(script)]
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted((json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("RESULT")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["size"]) for r in results] == [(0, 2), (1, 2)]
+    for r in results:
+        assert r["five"] == [0, 10, 20, 30, 40] and r["one"] == [8] and r["none"] == [] and r["agreed"] == 100
+    assert [r["seen"] for r in results] == [[0, 2, 4], [1, 3]] and [r["share"] for r in results] == [3, 2]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_then_resume_after_a_rank_is_killed(tmp_path):
     cfg = tmp_path / "config.json"
