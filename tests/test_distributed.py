@@ -157,3 +157,24 @@ def test_shipped_accelerate_configs_load(name, kind):
     cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
     assert cfg.distributed_type.value == kind and cfg.num_machines == 1 and not cfg.use_cpu
     assert (cfg.deepspeed_config or {}).get("zero_stage") == {"deepspeed_zero2": 2, "deepspeed_zero3": 3}.get(name)
+
+
+def test_each_process_loads_onto_its_own_gpus(monkeypatch):
+    """Under a launch on GPUs: inference models go to cuda:LOCAL_RANK, "auto" only over the process's GPUs, a
+    full-precision DPO base is left to the trainer (faked GPUs: only the placement arguments are built)."""
+    import torch
+
+    from rlaifv_lib.models import LoadOptions, load_kwargs
+
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda g: type("P", (), {"total_memory": 80 + g})())
+    fp32 = LoadOptions(dtype="float32")
+    assert load_kwargs(fp32)["device_map"] == {"": 1}
+    auto = load_kwargs(LoadOptions(dtype="float32", device_map="auto"))
+    assert auto["device_map"] == "auto" and auto["max_memory"] == {1: 81, 3: 83}
+    assert "device_map" not in load_kwargs(fp32, training=True)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert "device_map" not in load_kwargs(fp32)  # one process: as before (no device map unless asked)
