@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import ChatTemplateError, ConfigError, EmptyResponseError, check_finite
 from .models import tokenizer_of
 from .records import Candidate, Claim
@@ -132,10 +133,14 @@ class Decomposer(ABC):
 
     def decompose_all(self, candidates: Sequence[Candidate], progress: bool = True) -> list[Claim]:
         """The claims of every candidate, in order; empty responses give zero claims."""
-        out: list[Claim] = []
-        for cand in tqdm(candidates, desc="decomposing claims", disable=not progress, unit="resp"):
-            if cand.text and cand.text.strip():
-                out += self.decompose(cand)
+        bar = tqdm(total=distributed.share(len(candidates)), desc="decomposing claims", disable=not progress or not distributed.is_main(), unit="resp")
+
+        def one(cand: Candidate) -> list[Claim]:
+            bar.update()
+            return self.decompose(cand) if cand.text and cand.text.strip() else []
+
+        out = [claim for claims in distributed.map_shards(one, candidates) for claim in claims]  # split over processes
+        bar.close()
         return out
 
     def _to_claims(self, candidate: Candidate, raw: list[dict]) -> list[Claim]:
@@ -422,9 +427,11 @@ class LLMDecomposer(Decomposer):
 
     def generate(self, prompts: Sequence[str], progress: bool = False, desc: str = "llm") -> list[tuple[str, bool]]:
         """(output text, truncated) for each user prompt: chat-formatted, left-padded, greedy."""
-        out: list[tuple[str, bool]] = []
         eos = torch.tensor(sorted(self._eos_ids()))
-        for start in tqdm(range(0, len(prompts), self.cfg.batch_size), desc=desc, disable=not progress, unit="batch"):
+        starts = range(0, len(prompts), self.cfg.batch_size)
+        bar = tqdm(total=distributed.share(len(starts)), desc=desc, disable=not progress or not distributed.is_main(), unit="batch")
+
+        def batch(start: int) -> list[tuple[str, bool]]:
             chunk = [[{"role": "user", "content": p}] for p in prompts[start : start + self.cfg.batch_size]]
             texts = self.tokenizer.apply_chat_template(chunk, add_generation_prompt=True, tokenize=False)
             inputs = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
@@ -434,7 +441,11 @@ class LLMDecomposer(Decomposer):
             new = gen[:, inputs["input_ids"].shape[1] :].cpu()
             finished = torch.isin(new, eos).any(-1) if len(eos) else torch.zeros(len(new), dtype=torch.bool)
             decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [(t.strip(), bool(not f and new.shape[1] >= self.cfg.max_new_tokens)) for t, f in zip(decoded, finished)]
+            bar.update()
+            return [(t.strip(), bool(not f and new.shape[1] >= self.cfg.max_new_tokens)) for t, f in zip(decoded, finished)]
+
+        out = [row for rows in distributed.map_shards(batch, starts) for row in rows]  # whole batches split over processes
+        bar.close()
         return out
 
     def _raw_claims(self, text: str) -> list[dict]:

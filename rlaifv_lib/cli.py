@@ -247,6 +247,8 @@ def _run_and_show(args: argparse.Namespace, title: Callable[[Any, RLAIFVConfig],
     t0 = time.time()
     run = RLAIFVRun(args.out, cfg)
     summary = run.run()
+    if not run.rd.writer:  # under torchrun / accelerate launch: rank 0 prints and writes the plots
+        return 0
     rounds = summary["rounds"]
     print(f"\n{title(run, cfg)}")
     print(_table(rounds, summary["best_of_n"]))

@@ -11,6 +11,13 @@ switched off, which TRL does when it is given ``peft_config`` and no ``ref_model
 Each RLAIF-V round starts from a *plain* model: after training, :func:`merge_adapters` folds the
 adapters into a full-precision copy of the base (merging into the 4-bit weights would re-quantise
 them and move the model), and the next round loads that merged model, quantised again.
+
+Launched as N processes (``torchrun`` / ``accelerate launch``, ``configs/accelerate/``), the same trainer runs data
+parallel (DDP; NCCL on GPUs, gloo on CPU; or the DeepSpeed/FSDP plugin of the accelerate config): each process
+takes ``batch_size`` pairs per step, so one optimiser step sees ``batch_size x grad_accum x N`` pairs
+(``dpo_log.json`` records ``world_size`` and ``global_batch_size``); one process writes the adapters and the log.
+The reference log-probs are computed in each step's forward with the adapters switched off (no second copy of the
+model): TRL 1.16's ``precompute_ref_log_probs`` refuses vision datasets, so they cannot be computed once up front.
 """
 
 from __future__ import annotations
@@ -169,6 +176,8 @@ class DPOResult:
     memory: dict[str, float]
     train_runtime_s: float
     settings: dict = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together (DDP/DeepSpeed/FSDP under a launch); one wrote the files
+    global_batch_size: int = 0  # pairs per optimiser step over all processes: batch_size x grad_accum x world_size
     model: Any = field(default=None, repr=False)  # the trained PeftModel (in memory only)
 
     def summary(self) -> dict:
@@ -223,7 +232,7 @@ def _load_base(source: str | os.PathLike | PreTrainedModel, quantize: bool, sett
     check_model_folder(path, tokenizer=False)
     try:
         config = AutoConfig.from_pretrained(path) if quantize else None
-        kwargs = load_kwargs(LoadOptions(load_in_4bit=quantize, double_quant=settings.double_quant, dtype=dtype), config)
+        kwargs = load_kwargs(LoadOptions(load_in_4bit=quantize, double_quant=settings.double_quant, dtype=dtype), config, training=True)
         with quiet_loading():
             return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -284,6 +293,7 @@ def _dpo_config(settings: DPOSettings, output_dir: Path) -> Any:
         save_strategy="no",
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under DDP: every LoRA weight gets a gradient each step
     )
 
 
@@ -379,7 +389,9 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
     quantized = bool(getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model.get_base_model(), "is_loaded_in_4bit", False))
     adapter_dir = output_dir / "adapter"
     _require_finite(peft_model, f"DPO training made LoRA adapters with non-finite weights, so nothing was saved to {output_dir}", only_trainable=True)
-    if trainer.is_world_process_zero():  # under DDP (accelerate launch) one process writes the files
+    if _sharded(trainer):  # ZeRO-3 / FSDP: every process holds a shard; the trainer gathers them, its rank 0 writes
+        trainer.save_model(str(adapter_dir))
+    elif trainer.is_world_process_zero():  # one process (or DDP / ZeRO-2 under a launch, whole copies): one writes
         peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
         trainer.processing_class.save_pretrained(str(adapter_dir))
     trainable, total = count_parameters(peft_model)
@@ -395,12 +407,22 @@ def train_dpo(model: str | os.PathLike | PreTrainedModel, processor: Any, pairs:
         memory=memory,
         train_runtime_s=runtime,
         settings=asdict(settings),
+        world_size=trainer.args.world_size,
+        global_batch_size=settings.batch_size * settings.grad_accum * trainer.args.world_size,
         model=peft_model,
     )
     if trainer.is_world_process_zero():
         write_json(output_dir / "dpo_log.json", result.summary())
     trainer.accelerator.wait_for_everyone()  # the other processes return once the files exist
     return result
+
+
+def _sharded(trainer: Any) -> bool:
+    """Whether the trained weights are split over the processes (FSDP, or DeepSpeed ZeRO stage 3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def _require_finite(model: torch.nn.Module, what: str, only_trainable: bool = False) -> None:

@@ -5,7 +5,9 @@ polar question. From the softmax of the *next-token* logits of one batched forwa
 is accepted iff P(yes)+P(Yes) > P(no)+P(No) — no text is generated. A response's score is
 -(number of rejected claims); a response with no claims gets no score and is never paired.
 Each image's prompt prefix (chat text and image tokens) runs once for all of its questions
-(``rlaifv_lib.prefix``); models of other families run every question's whole prompt.
+(``rlaifv_lib.prefix``); models of other families run every question's whole prompt. Under a multi-process launch
+the images (or question batches) are dealt to the processes and the verdicts gathered in order
+(``rlaifv_lib.distributed``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from . import distributed
 from .errors import ConfigError, YesNoTokenError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
@@ -125,12 +128,19 @@ def _per_question(model: Any, processor: Any, loaded: list, questions: list[str]
     reuse = cfg.reuse_image_features and _can_reuse_features(model)
     # group questions of the same image into the same batch so its features are computed once
     order = sorted(range(len(questions)), key=lambda i: image_index[i])
-    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(questions)
-    for start in tqdm(range(0, len(order), cfg.batch_size), desc="labeler scoring", disable=not progress, unit="batch"):
-        idx = order[start : start + cfg.batch_size]
+    batches = [order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+    bar = tqdm(total=distributed.share(len(batches)), desc="labeler scoring", disable=not progress or not distributed.is_main(), unit="batch")
+
+    def batch(idx: list[int]) -> list[tuple[float, float]]:
         logits = _next_token_logits(model, processor, loaded, [questions[i] for i in idx], [image_index[i] for i in idx], reuse)
-        for i, p in zip(idx, _yes_no(logits, *yes_no)):
+        bar.update()
+        return _yes_no(logits, *yes_no)
+
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(questions)
+    for idx, probs in zip(batches, distributed.map_shards(batch, batches)):  # whole batches split over processes
+        for i, p in zip(idx, probs):
             out[i] = p
+    bar.close()
     return out
 
 
@@ -148,10 +158,18 @@ def _plans(processor: Any, loaded: list, questions: list[str], image_index: list
 
 def _shared_prefix(model: Any, processor: Any, plans: list[tuple[list[int], PrefixPlan]], n: int, cfg: FeedbackConfig, yes_no: tuple[list[int], list[int]], progress: bool) -> list[tuple[float, float]]:
     """(P(yes), P(no)) of each question, from its image's cached prefix."""
+    bar = tqdm(total=distributed.share(len(plans)), desc="labeler scoring", disable=not progress or not distributed.is_main(), unit="image")
+
+    def image(plan: PrefixPlan) -> list[tuple[float, float]]:
+        probs = _yes_no(prefix_logits(model, processor, plan, cfg.prefix_batch_size), *yes_no)
+        bar.update()
+        return probs
+
     out: list[tuple[float, float]] = [(0.0, 0.0)] * n
-    for rows, plan in tqdm(plans, desc="labeler scoring", disable=not progress, unit="image"):
-        for i, p in zip(rows, _yes_no(prefix_logits(model, processor, plan, cfg.prefix_batch_size), *yes_no)):
+    for (rows, _), probs in zip(plans, distributed.map_shards(image, [plan for _, plan in plans])):  # images split over processes
+        for i, p in zip(rows, probs):
             out[i] = p
+    bar.close()
     return out
 
 

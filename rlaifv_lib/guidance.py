@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .dpo import DPOSettings
 from .errors import ConfigError, check_finite
 from .images import load_image
@@ -127,8 +128,10 @@ def sequence_logprobs(model: Any, processor: Any, images: Sequence[Any], instruc
     """
     if not len(images) == len(instructions) == len(responses):
         raise ValueError("images, instructions and responses must have the same length")
-    out: list[tuple[float, int]] = []
-    for start in tqdm(range(0, len(responses), batch_size), desc="teacher-forced log-probs", disable=not progress, unit="batch"):
+    starts = range(0, len(responses), batch_size)
+    bar = tqdm(total=distributed.share(len(starts)), desc="teacher-forced log-probs", disable=not progress or not distributed.is_main(), unit="batch")
+
+    def batch(start: int) -> list[tuple[float, int]]:
         sl = slice(start, start + batch_size)
         prompts = [chat_prompt(processor, ins) for ins in instructions[sl]]
         comps = [completion_text(processor, ins, r) for ins, r in zip(instructions[sl], responses[sl])]
@@ -143,7 +146,11 @@ def sequence_logprobs(model: Any, processor: Any, images: Sequence[Any], instruc
         token_lp = torch.log_softmax(logits[target].float(), -1).gather(-1, labels[:, None]).squeeze(-1)
         row = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[target]
         sums = torch.zeros(target.shape[0], device=logits.device).index_add_(0, row, token_lp)
-        out += [(float(s), int(n)) for s, n in zip(sums, target.sum(1))]
+        bar.update()
+        return [(float(s), int(n)) for s, n in zip(sums, target.sum(1))]
+
+    out = [row for rows in distributed.map_shards(batch, starts) for row in rows]  # batches split over processes
+    bar.close()
     return out
 
 

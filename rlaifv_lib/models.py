@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+from . import distributed
 from .errors import ChatTemplateError, ConfigError, ModelLoadError, QuantizationUnavailableError, check_finite
 
 __all__ = [
@@ -92,7 +93,9 @@ class LoadOptions:
         dtype (torch.dtype | str | None, defaults to None): weight (or 4-bit compute) dtype; None means bfloat16
             on a GPU that has it, float16 on other GPUs, float32 on CPU and for the toy models.
         device_map (str | dict | None, defaults to None): passed to ``from_pretrained`` ("auto" spreads a big model
-            over the GPUs); None keeps the model on CPU, except 4-bit on a GPU, which goes to GPU 0.
+            over the GPUs); None keeps the model on CPU, except 4-bit on a GPU, which goes to GPU 0. Under a
+            multi-process launch on GPUs (``rlaifv_lib.distributed``), None puts each process's copy on its own GPU
+            (``LOCAL_RANK``) and "auto" spreads it over that process's share of the node's GPUs only.
         max_pixels (int | None, defaults to None): cap on height x width of the images the processor makes
             (see the module docstring for what each family does with it); None keeps the processor's own.
         trust_remote_code (bool, defaults to False): run modelling code shipped with the checkpoint (off: only
@@ -392,8 +395,11 @@ def quiet_loading() -> Iterator[None]:
             hub_utils.disable_progress_bars()
 
 
-def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = AutoModelForImageTextToText, toy: bool = False) -> dict[str, Any]:
+def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = AutoModelForImageTextToText, toy: bool = False, training: bool = False) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``options``; 4-bit loading needs the model's ``config``.
+
+    Under a multi-process launch on GPUs a model for inference goes to this process's own GPU(s); a full-precision
+    model for ``training`` is left where the trainer (DDP, DeepSpeed, FSDP) wants to place it.
 
     Every 4-bit load of the library (``load_model``, ``load_causal_lm``, the DPO base) goes through here, so
     :func:`bnb_4bit_config` is the one place where a ``BitsAndBytesConfig`` is built.
@@ -413,6 +419,11 @@ def load_kwargs(options: LoadOptions, config: Any = None, auto_class: type = Aut
             kwargs["device_map"] = local_device_map()
     if options.device_map is not None:
         kwargs["device_map"] = options.device_map
+    if distributed.launched() and torch.cuda.is_available() and not training:  # N processes on a node's GPUs: each its own
+        if options.device_map is None:
+            kwargs["device_map"] = local_device_map()  # policy-per-GPU
+        elif options.device_map == "auto":  # labeler-over-GPUs: spread over this process's share of the GPUs only
+            kwargs["max_memory"] = {g: torch.cuda.get_device_properties(g).total_memory for g in distributed.shard_devices()}
     return kwargs
 
 

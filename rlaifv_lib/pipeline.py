@@ -22,6 +22,11 @@ not recomputed, so an interrupted run resumes where it stopped and ends with the
 
 ``candidates.jsonl`` to ``pairs.jsonl`` are one data-engine pass (``engine.run_pass``); the prompts come
 from ``sources.open_source(cfg.prompts, ...)`` (the toy world by default).
+
+The same code runs as one process or as N (``torchrun`` / ``accelerate launch``, see README "Scaling out"): every
+process runs every stage; sampling, decomposition, scoring and evaluation split their batches over the processes
+(``rlaifv_lib.distributed``), DPO trains under DDP, and rank 0 alone writes the run directory, so the artifacts
+are the same bytes as a 1-process run's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .audit import labeler_audit
 from .claims import ClaimsConfig, Decomposer, make_decomposer
 from .dpo import DPOSettings, merge_adapters, toy_dpo_settings, train_dpo
@@ -306,17 +311,18 @@ class RLAIFVRun:
         if self.rd.done(model_dir):
             return
         if not pairs:  # nothing to learn from: the next round starts from the same policy
-            tqdm.write(f"round {k}: no preference pairs (see pair_stats.json); the policy is carried over unchanged")
-            with self.rd.directory(model_dir) as tmp:
-                shutil.copytree(start, tmp, dirs_exist_ok=True)
+            if distributed.is_main():
+                tqdm.write(f"round {k}: no preference pairs (see pair_stats.json); the policy is carried over unchanged")
+            self.rd.folder(model_dir, lambda tmp: shutil.copytree(start, tmp, dirs_exist_ok=True))
             return
         if not self.rd.done(rd / "dpo"):
             self._attach(pairs, prompts)
             self._loaded.clear()  # free the policy before training
             settings = DPOSettings(**{**asdict(self.cfg.dpo), "seed": round_seed(self.cfg.seed, k, "dpo"), "progress": self.progress})
-            train_dpo(start, load_processor(start, self.cfg.load), to_trl_dataset(pairs), settings, rd / "dpo")
+            train_dpo(start, load_processor(start, self.cfg.load), to_trl_dataset(pairs), settings, rd / "dpo")  # DDP under a launch
             self.rd.mark_done(rd / "dpo")
-        merge_adapters(start, rd / "dpo" / "adapter", model_dir)
+        if self.rd.writer:  # one process merges and writes; the others wait in mark_done
+            merge_adapters(start, rd / "dpo" / "adapter", model_dir)
         self.rd.mark_done(model_dir)
 
     @staticmethod
@@ -399,7 +405,7 @@ class RLAIFVRun:
     def run(self) -> dict:
         """Baseline, every round, best-of-N; writes and returns ``summary.json``."""
         rounds = [self.baseline()]
-        for k in tqdm(range(1, self.cfg.rounds + 1), desc="RLAIF-V rounds", disable=not self.progress):
+        for k in tqdm(range(1, self.cfg.rounds + 1), desc="RLAIF-V rounds", disable=not self.progress or not distributed.is_main()):
             rounds.append(self.run_round(k))
         summary = {"rounds": rounds, "best_of_n": self.best_of_n(), "config": self.cfg.to_dict()}
         self.rd.write_if_changed(self.dir / "summary.json", summary)  # unchanged: not rewritten (read-only storage works)

@@ -14,6 +14,11 @@ without writing anything, so it can be shown from read-only storage.
 Cleanup removes only temporaries this module names (``.<name>.rlaifv-tmp-<hex>``), and only in the
 run directory itself and its ``round_<k>`` folders (and their ``dpo/``) -- never anything below a folder
 the library did not lay out, e.g. ``.git/`` when the run directory is ``.``.
+
+Under a multi-process launch (``rlaifv_lib.distributed``) rank 0 alone locks the folder and writes; every
+decision whether a stage is done is rank 0's, broadcast to all, and every write ends at a barrier, after which
+every rank reads the same finished file (the run directory must be on storage all nodes share). In one process
+nothing of this applies.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import distributed
 from .errors import ArtifactError, ConfigError, RunLockedError, RunVersionError, StaleArtifactError
 from .records import atomic_directory, atomic_write_text, read_json, read_jsonl_marked, remove_own_temporaries, write_jsonl
 
@@ -72,16 +78,21 @@ class RunDirectory:
         self.on_written = on_written
         self.unrecorded_formats = unrecorded_formats
         self.legacy = False  # True: a run of an unrecorded format, vouched for by its header
+        self.writer = distributed.is_main()  # under a multi-process launch rank 0 alone writes
+        if not self.writer:
+            distributed.barrier()  # rank 0 has locked the folder and written or checked the header
         self.writable = self._prepare()
-        self._key = self._lock()
+        self._key = self._lock() if self.writer else None
         self._release = weakref.finalize(self, _unlock, self._key)
         try:
             self._check_or_write_header()
         except BaseException:
             self.close()
             raise
-        if self.writable:
+        if self.writable and self.writer:
             remove_own_temporaries(self._own_folders())  # safe: this process holds the lock, nobody else is mid-write
+        if self.writer:
+            distributed.barrier()
 
     def _own_folders(self) -> list[Path]:
         """The folders the library lays out here (the only places its temporaries can be)."""
@@ -126,8 +137,10 @@ class RunDirectory:
 
     def _check_or_write_header(self) -> None:
         header = self.path / "run.json"
-        if not header.exists():
-            self.write_json("run.json", self.header, record=False)
+        if not header.exists() and self.writer:
+            self._guard("run.json")
+            atomic_write_text(header, json.dumps(self.header, indent=2, sort_keys=True) + "\n")
+            self.written("run.json")
             return
         try:
             have = read_json(header)
@@ -168,7 +181,10 @@ class RunDirectory:
     def done(self, rel: str | Path) -> bool:
         """Whether artifact ``rel`` is finished and was made with this configuration (``StaleArtifactError`` if
         it was made with another one; ``ArtifactError`` if it is not and the run directory is read-only); a folder
-        counts only once its stage record is there."""
+        counts only once its stage record is there. Rank 0 checks; every rank gets its answer."""
+        return distributed.agree(self._done(rel) if self.writer else None)
+
+    def _done(self, rel: str | Path) -> bool:
         path = self.path / rel
         if path.is_dir():
             if not (path / STAGE_RECORD).exists():
@@ -200,16 +216,24 @@ class RunDirectory:
 
     def write_jsonl(self, rel: str | Path, records: list) -> None:
         """Write a JSON Lines artifact that records this configuration, then report it."""
-        self._guard(rel)
-        write_jsonl(self.path / rel, records, made_with=self.made_with)
-        self.written(rel)
+        if self.writer:
+            self._guard(rel)
+            write_jsonl(self.path / rel, records, made_with=self.made_with)
+        self._finished(rel)
 
     def jsonl(self, rel: str | Path, compute: Callable[[], list], cls: type | None = None) -> list:
-        """The records of stage ``rel``: read when done, else computed, written and read back."""
-        if not (self.path / rel).exists():
-            self._guard(rel)
+        """The records of stage ``rel``: read when done, else computed (by every rank), written and read back."""
+        if not distributed.agree((self.path / rel).exists() if self.writer else None):
+            if self.writer:
+                self._guard(rel)
             self.write_jsonl(rel, compute())
         return self.read_jsonl(rel, cls)  # checks what it was made with
+
+    def _finished(self, rel: str | Path, report: bool = True) -> None:
+        """After rank 0's write: every rank waits for it, then reports the artifact."""
+        distributed.barrier()
+        if report:
+            self.written(rel)
 
     def read_json(self, rel: str | Path) -> dict:
         """A finished JSON artifact made with this configuration, without its record."""
@@ -219,33 +243,44 @@ class RunDirectory:
 
     def write_json(self, rel: str | Path, obj: dict, record: bool = True, report: bool = True) -> None:
         """Write a JSON artifact (with this configuration's record unless ``record`` is False), then report it."""
-        self._guard(rel)
-        atomic_write_text(self.path / rel, json.dumps({**obj, "made_with": self.made_with} if record else obj, indent=2, sort_keys=True) + "\n")
-        if report:
-            self.written(rel)
+        if self.writer:
+            self._guard(rel)
+            atomic_write_text(self.path / rel, json.dumps({**obj, "made_with": self.made_with} if record else obj, indent=2, sort_keys=True) + "\n")
+        self._finished(rel, report)
 
     def write_if_changed(self, rel: str | Path, obj: dict) -> None:
         """Write a JSON file (no record) unless it already holds exactly ``obj``: a finished run stays read-only."""
         path = self.path / rel
+        same = False
         with contextlib.suppress(ArtifactError):
-            if path.exists() and read_json(path) == json.loads(json.dumps(obj)):
-                return
-        self.write_json(rel, obj, record=False, report=False)
+            same = self.writer and path.exists() and read_json(path) == json.loads(json.dumps(obj))
+        if not distributed.agree(same):
+            self.write_json(rel, obj, record=False, report=False)
+
+    def folder(self, rel: str | Path, fill: Callable[[Path], None]) -> None:
+        """Make folder artifact ``rel`` atomically with ``fill(temporary folder)`` (rank 0 only; the others wait)."""
+        if self.writer:
+            with self.directory(rel, report=False) as tmp:
+                fill(tmp)
+        self._finished(rel)
 
     @contextlib.contextmanager
-    def directory(self, rel: str | Path) -> Iterator[Path]:
-        """Fill a folder artifact atomically: yields a temporary folder that gets the stage record and replaces ``rel``."""
+    def directory(self, rel: str | Path, report: bool = True) -> Iterator[Path]:
+        """Fill a folder artifact atomically: yields a temporary folder that gets the stage record and replaces ``rel``
+        (in one process; a multi-process run uses :meth:`folder`)."""
         self._guard(rel)
         with atomic_directory(self.path / rel) as tmp:
             yield tmp
             (tmp / STAGE_RECORD).write_text(json.dumps({"made_with": self.made_with}) + "\n")
-        self.written(rel)
+        if report:
+            self.written(rel)
 
     def mark_done(self, rel: str | Path) -> None:
         """Record that folder ``rel``, written in place by another function, is complete; then report it."""
-        self._guard(rel)
-        atomic_write_text(self.path / rel / STAGE_RECORD, json.dumps({"made_with": self.made_with}) + "\n")
-        self.written(rel)
+        if self.writer:
+            self._guard(rel)
+            atomic_write_text(self.path / rel / STAGE_RECORD, json.dumps({"made_with": self.made_with}) + "\n")
+        self._finished(rel)
 
 
 def _lock_holder(fd: int) -> str:

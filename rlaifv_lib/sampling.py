@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from . import distributed
 from .errors import ConfigError, check_finite
 from .images import load_image
 from .models import chat_prompt, tokenizer_of
@@ -150,16 +151,20 @@ def generate_texts(model: Any, processor: Any, images: list, instructions: list[
 
 
 def sample_candidates(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
-    """N deconfounded candidates per prompt, batched over prompts x candidates."""
+    """N deconfounded candidates per prompt, batched over prompts x candidates (the batches split over the processes
+    of a multi-process launch, see ``rlaifv_lib.distributed``)."""
     cfg = cfg or SamplingConfig()
     rows = [(p, k) for p in prompts for k in range(cfg.n)]
-    out: list[Candidate] = []
-    bar = tqdm(total=len(rows), desc="sampling candidates", disable=not progress, unit="resp")
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows[start : start + cfg.batch_size]
+    chunks = [rows[start : start + cfg.batch_size] for start in range(0, len(rows), cfg.batch_size)]
+    mine = sum(len(c) for c in chunks[distributed.rank() :: distributed.world_size()])
+    bar = tqdm(total=mine, desc="sampling candidates", disable=not progress or not distributed.is_main(), unit="resp")
+
+    def batch(chunk: list[tuple[Prompt, int]]) -> list[Candidate]:
         seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
         texts = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, cfg)
-        out += [Candidate(prompt_id=p.id, seed=s, text=t, index=k) for (p, k), s, t in zip(chunk, seeds, texts)]
         bar.update(len(chunk))
+        return [Candidate(prompt_id=p.id, seed=s, text=t, index=k) for (p, k), s, t in zip(chunk, seeds, texts)]
+
+    out = [c for cands in distributed.map_shards(batch, chunks) for c in cands]  # whole batches split over processes
     bar.close()
     return out
