@@ -204,12 +204,14 @@ def _cell(value: Any, fmt: str) -> str:
 
 def _guided_rows(best: dict | None, labels: tuple[str, str, str]) -> list[tuple[str, dict]]:
     """(row name, metrics under plain keys) of a best-of-N entry: reward, random and log-likelihood picks."""
+    from .seeds import PREFIXES
+
     if not best:
         return []
     n = best["n"]["mean"] if isinstance(best["n"], dict) else best["n"]
     names = (labels[0] % round(n), labels[1], labels[2])
     return [(name, {k.removeprefix(prefix): v for k, v in best.items() if k.startswith(prefix) and (prefix or not k.startswith(("random_", "loglik_")))})
-            for name, prefix in zip(names, ("", "random_", "loglik_"))]  # fmt: skip
+            for name, prefix in zip(names, PREFIXES)]  # fmt: skip
 
 
 def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = None, tuned: dict | None = None) -> str:
@@ -218,7 +220,9 @@ def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = No
     policy's (``tuned``); values that are ``seeds.mean_std`` dicts print as mean±std."""
     cols = [c for c in _COLUMNS if any(c[0] in r for r in rounds)]
     rows = [("baseline" if k == 0 else f"round {k}", r, cols) for k, r in zip(numbers or range(len(rounds)), rounds)]
-    for guided, labels in ((best, ("best-of-%d", "random", "loglik")), (tuned, ("tuned bo%d", "tuned rand", "tuned ll"))):
+    from .seeds import GUIDED
+
+    for guided, labels in ((best, GUIDED["best_of_n"]), (tuned, GUIDED["tuned_best_of_n"])):
         shown = [c for c in cols if guided and c[0] in guided]
         rows += [(name, metrics, shown) for name, metrics in _guided_rows(guided, labels)]
     cells = [(name, {key: _cell(r.get(key), f) for key, _, _, f in shown}) for name, r, shown in rows]

@@ -20,7 +20,10 @@ from .pipeline import RLAIFVConfig, RLAIFVRun
 
 __all__ = ["seed_dirs", "run_seeds", "mean_std", "aggregate", "chair_i_cut"]
 
-GUIDED = ("best_of_n", "tuned_best_of_n")  # the summary's best-of-N entries: rows of key prefixes "", "random_", "loglik_"
+# the summary's best-of-N entries and the table's names of their rows: reward pick (keys without prefix), random pick
+# ("random_" keys), log-likelihood pick ("loglik_" keys); %d is N
+GUIDED = {"best_of_n": ("best-of-%d", "random", "loglik"), "tuned_best_of_n": ("tuned bo%d", "tuned rand", "tuned ll")}
+PREFIXES = ("", "random_", "loglik_")
 
 
 def seed_dirs(out: str | Path, seed: int, k: int) -> list[tuple[int, Path]]:
@@ -61,7 +64,7 @@ def chair_i_cut(baseline: dict, row: dict, prefix: str = "") -> float | None:
 
 
 def aggregate(summaries: Sequence[dict]) -> dict:
-    """Mean ± std over the seeds' ``summary.json``: rounds, best-of-N entries and CHAIR_i cuts (same row order)."""
+    """Mean ± std over the seeds' ``summary.json``: rounds, best-of-N entries, and CHAIR_i cuts keyed by table row name."""
     if not summaries:
         raise ValueError("no summaries to aggregate")
     n_rounds = {len(s["rounds"]) for s in summaries}
@@ -77,8 +80,9 @@ def aggregate(summaries: Sequence[dict]) -> dict:
         if any(e is None for e in entries):
             raise ValueError(f"{name} is in some seeds' summaries but not in others")
         out[name] = _aggregate_rows(entries)  # type: ignore[arg-type]
-        for prefix, label in (("", "reward"), ("random_", "random"), ("loglik_", "loglik")):
-            cuts[f"{name}:{label}"] = mean_std([chair_i_cut(s["rounds"][0], s[name], prefix) for s in summaries])
+        labels = (GUIDED[name][0] % entries[0]["n"], *GUIDED[name][1:])  # type: ignore[index]
+        for prefix, label in zip(PREFIXES, labels):
+            cuts[label] = mean_std([chair_i_cut(s["rounds"][0], s[name], prefix) for s in summaries])
     out["chair_i_cut"] = cuts
     return out
 
