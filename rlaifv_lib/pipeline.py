@@ -411,6 +411,11 @@ class RLAIFVRun:
         m = text_metrics(prompts, picked, self._judge_model(), self.judge_name(), self.decomposer(), self._eval_config(), progress=False)
         return {key: v for key, v in m.items() if key != "texts"}
 
+    def release(self) -> None:
+        """Free the models this run has loaded (policy, labeler, judge); they are loaded again on the next use."""
+        self._loaded.clear()
+        self._labeler = self._judge = None
+
     def next_round(self) -> int | None:
         """The first round k (1..rounds) without a finished ``eval.json``; None when every round is done."""
         return next((k for k in range(1, self.cfg.rounds + 1) if not self.rd.done(self.round_dir(k) / "eval.json")), None)

@@ -97,6 +97,7 @@ def run_seeds(out: str | Path, cfg: RLAIFVConfig, k: int, progress: bool = True)
     for seed, folder in dirs:
         run = RLAIFVRun(folder, replace(cfg, seed=seed), progress=progress)
         summaries.append(run.run())
+        run.release()  # K runs in one process: only one seed's models in memory at a time
         runs.append(run)
     agg = {"seeds": [s for s, _ in dirs], "runs": [str(d) for _, d in dirs], **aggregate(summaries), "config": cfg.to_dict()}
     if runs[0].rd.writable:
