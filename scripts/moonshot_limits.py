@@ -16,6 +16,7 @@ has the scene's fewest hallucinated objects (on scenes whose candidates differ),
 correlation of each score with -(hallucinated objects), and the labeler's recall/precision on false claims.
 
     python scripts/moonshot_limits.py runs/moonshot runs/moonshot-seed1 runs/moonshot-seed2 [--threads 1] [--out limits.json]
+    python scripts/moonshot_limits.py --results seed0.json seed1.json seed2.json   # print saved analyses together
 """
 
 from __future__ import annotations
@@ -137,12 +138,17 @@ def _pm(values: list[float | None], scale: float = 1.0, fmt: str = ".3f") -> str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="finished run directories made with tuned_best_of_n")
+    ap.add_argument("runs", nargs="*", type=Path, help="finished run directories made with tuned_best_of_n")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
+    ap.add_argument("--results", nargs="+", type=Path, default=[], help="also (or only) print the runs of earlier --out files")
     args = ap.parse_args()
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    results = [analyse(d) for d in tqdm(args.runs, desc="runs")]
+    results = [r for f in args.results for r in json.loads(f.read_text())] + [analyse(d) for d in tqdm(args.runs, desc="runs")]
+    if not results:
+        raise SystemExit("give run directories or --results files")
     n = results[0]["n"]
     print(f"\ntuned best-of-{n} on {results[0]['prompts']} held-out scenes, {len(results)} run(s); mean±std over runs")
     print(f"{'pick':<9}{'CHAIR_i':>14}{'cut %':>13}{'cover':>14}{'words':>12}{'fewest-hal':>13}")
