@@ -52,6 +52,7 @@ class RunArguments:
     smoke: bool = field(default=False, metadata={"help": "tiny settings that run in seconds (checks the setup; numbers mean nothing)"})
     seed: int | None = field(default=None, metadata={"help": "seed of everything random in the run"})
     threads: int = field(default=2, metadata={"help": "CPU threads"})
+    seeds: int = field(default=1, metadata={"help": "run K seeds (seed, seed+1, ...): the first in --out, the others in <out>-seed<s>; prints mean±std"})
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -193,23 +194,43 @@ _COLUMNS = [
 ]  # fmt: skip
 
 
-def _cell(value: Any, width: int, fmt: str) -> str:
-    return f"{'n/a' if value is None else format(value, fmt):>{width}}"
+def _cell(value: Any, fmt: str) -> str:
+    """One table cell: a number, ``mean±std`` for a ``seeds.mean_std`` dict, or n/a."""
+    if isinstance(value, dict):
+        std, fmt = value.get("std"), ".1f" if fmt == "d" else fmt  # a mean of counts is not a count
+        return f"{format(value['mean'], fmt)}±{'n/a' if std is None else format(std, fmt)}"
+    return "n/a" if value is None else format(value, fmt)
 
 
-def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = None) -> str:
+def _guided_rows(best: dict | None, labels: tuple[str, str, str]) -> list[tuple[str, dict]]:
+    """(row name, metrics under plain keys) of a best-of-N entry: reward, random and log-likelihood picks."""
+    from .seeds import PREFIXES
+
+    if not best:
+        return []
+    n = best["n"]["mean"] if isinstance(best["n"], dict) else best["n"]
+    names = (labels[0] % round(n), labels[1], labels[2])
+    return [(name, {k.removeprefix(prefix): v for k, v in best.items() if k.startswith(prefix) and (prefix or not k.startswith(("random_", "loglik_")))})
+            for name, prefix in zip(names, PREFIXES)]  # fmt: skip
+
+
+def _table(rounds: list[dict], best: dict | None, numbers: list[int] | None = None, tuned: dict | None = None) -> str:
     """The before/after table printed by ``rlaifv demo`` and ``rlaifv run`` (rows numbered 0, 1, ... unless ``numbers`` says):
-    one column per metric that the rows have."""
+    one column per metric that the rows have; best-of-N rows on the base policy's samples (``best``) and on the tuned
+    policy's (``tuned``); values that are ``seeds.mean_std`` dicts print as mean±std."""
     cols = [c for c in _COLUMNS if any(c[0] in r for r in rounds)]
-    head = f"{'round':<10}" + "".join(f"{h:>{w}}" for _, h, w, _ in cols)
+    rows = [("baseline" if k == 0 else f"round {k}", r, cols) for k, r in zip(numbers or range(len(rounds)), rounds)]
+    from .seeds import GUIDED
+
+    for guided, labels in ((best, GUIDED["best_of_n"]), (tuned, GUIDED["tuned_best_of_n"])):
+        shown = [c for c in cols if guided and c[0] in guided]
+        rows += [(name, metrics, shown) for name, metrics in _guided_rows(guided, labels)]
+    cells = [(name, {key: _cell(r.get(key), f) for key, _, _, f in shown}) for name, r, shown in rows]
+    width = {key: max([w] + [len(c[key]) + 1 for _, c in cells if key in c]) for key, _, w, _ in cols}
+    head = f"{'round':<10}" + "".join(f"{h:>{width[key]}}" for key, h, _, _ in cols)
     lines = [head, "-" * len(head)]
-    for k, r in zip(numbers or range(len(rounds)), rounds):
-        name = "baseline" if k == 0 else f"round {k}"
-        lines.append(f"{name:<10}" + "".join(_cell(r.get(key), w, f) for key, _, w, f in cols))
-    if best:
-        shown = [c for c in cols if c[0] in best]
-        for sel, prefix in (("best-of-%d" % best["n"], ""), ("random", "random_"), ("loglik", "loglik_")):
-            lines.append(f"{sel:<10}" + "".join(_cell(best.get(prefix + key), w, f) for key, _, w, f in shown))
+    for name, c in cells:
+        lines.append(f"{name:<10}" + "".join(f"{c[key]:>{width[key]}}" for key, _, _, _ in cols if key in c))
     return "\n".join(lines)
 
 
@@ -238,20 +259,33 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 
 def _run_and_show(args: argparse.Namespace, title: Callable[[Any, RLAIFVConfig], str], keys: Sequence[str]) -> int:
-    """Run (or resume) the configured rounds in ``args.out``, print the table, write summary and plots."""
+    """Run (or resume) the configured rounds in ``args.out`` (over ``--seeds`` seeds), print the table, write summary and plots."""
     from .pipeline import RLAIFVRun
     from .plots import before_after_bars, metrics_per_round, save_figure
 
     _set_threads(args.threads)
     cfg = _run_config(args)
     t0 = time.time()
-    run = RLAIFVRun(args.out, cfg)
-    summary = run.run()
+    n_seeds = getattr(args, "seeds", 1)
+    if n_seeds != 1:
+        from .seeds import run_seeds
+
+        agg, summaries, runs = run_seeds(args.out, cfg, n_seeds)
+        run, summary = runs[0], summaries[0]
+    else:
+        run = RLAIFVRun(args.out, cfg)
+        summary = run.run()
     if not run.rd.writer:  # under torchrun / accelerate launch: rank 0 prints and writes the plots
         return 0
     rounds = summary["rounds"]
     print(f"\n{title(run, cfg)}")
-    print(_table(rounds, summary["best_of_n"]))
+    if n_seeds != 1:
+        print(f"mean±std over seeds {agg['seeds']} ({', '.join(agg['runs'])})")
+        print(_table(agg["rounds"], agg["best_of_n"], tuned=agg.get("tuned_best_of_n")))
+        cuts = ", ".join(f"{name} {100 * c['mean']:.1f}%±{100 * c['std']:.1f}" for name, c in agg["chair_i_cut"].items() if c and c["std"] is not None)
+        print(f"CHAIR_i cut vs baseline: {cuts}")
+    else:
+        print(_table(rounds, summary["best_of_n"], tuned=summary.get("tuned_best_of_n")))
     if "judge" in rounds[0]:
         print(f"judge_rej: share of claims rejected by the fixed judge {rounds[0]['judge']}")
     if not run.rd.writable:  # a finished run on read-only storage: shown, nothing written
@@ -261,7 +295,8 @@ def _run_and_show(args: argparse.Namespace, title: Callable[[Any, RLAIFVConfig],
     if keys:
         save_figure(metrics_per_round(rounds, keys=keys), Path(args.out) / "metrics_per_round.png")
         save_figure(before_after_bars(rounds[0], rounds[-1], keys=keys), Path(args.out) / "before_after.png")
-    print(f"\nwrote {args.out}/summary.json{' and plots' if keys else ''} ({time.time() - t0:.0f}s)")
+    written = "summary.json" + (" and seeds_summary.json" if n_seeds != 1 else "")
+    print(f"\nwrote {args.out}/{written}{' and plots' if keys else ''} ({time.time() - t0:.0f}s)")
     return 0
 
 
@@ -325,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         de.add_argument("--seed", type=int, default=0)
         de.add_argument("--threads", type=int, default=2)
         de.add_argument("--smoke", action="store_true", help="tiny settings that run in seconds (checks the install; numbers mean nothing)")
+        if name == "demo":
+            de.add_argument("--seeds", type=int, default=1, help="run K seeds (seed, seed+1, ...): the first in --out, the others in <out>-seed<s>; prints mean±std")
         de.set_defaults(func=func)
 
     from transformers import HfArgumentParser

@@ -17,7 +17,8 @@ not recomputed, so an interrupted run resumes where it stopped and ends with the
               dpo/                 LoRA adapters + dpo_log.json (trainer log)
               model/               the merged policy the next round samples from
               eval.json            held-out metrics of round_k/model
-      best_of_n.json               inference-time guidance with the final DPO reward
+      best_of_n.json               inference-time guidance with the final DPO reward (base policy's samples)
+      tuned_best_of_n.json         the same on the final policy's own samples (only with tuned_best_of_n)
       summary.json                 one row per round + best-of-N
 
 ``candidates.jsonl`` to ``pairs.jsonl`` are one data-engine pass (``engine.run_pass``); the prompts come
@@ -100,6 +101,10 @@ class RLAIFVConfig:
             out of ``prompts`` when there is no ``eval_prompts``).
         best_of_n (int, defaults to 8): candidates per prompt for inference-time guidance (0 = skip).
         best_of_n_prompts (int, defaults to 100): held-out prompts used for best-of-N.
+        tuned_best_of_n (int, defaults to 0): candidates per prompt for best-of-N on the *final* policy's own samples
+            (its implicit reward against the starting policy as reference, the paper's inference-time scaling applied
+            to the RLAIF-V model), on the same ``best_of_n_prompts``; 0 = skip (then left out of ``run.json``, so
+            runs made before this setting existed resume).
         seed (int, defaults to 0): seed of everything random in the run.
     """
 
@@ -122,6 +127,7 @@ class RLAIFVConfig:
     eval_scenes: int = 200
     best_of_n: int = 8
     best_of_n_prompts: int = 100
+    tuned_best_of_n: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -135,8 +141,10 @@ class RLAIFVConfig:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
         if self.best_of_n == 1 or self.best_of_n < 0:
             raise ConfigError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
-        if self.best_of_n and self.best_of_n_prompts < 1:
-            raise ConfigError(f"best_of_n_prompts must be >= 1 when best_of_n is on, got {self.best_of_n_prompts}")
+        if self.tuned_best_of_n == 1 or self.tuned_best_of_n < 0:
+            raise ConfigError(f"tuned_best_of_n must be 0 (skip) or >= 2, got {self.tuned_best_of_n}")
+        if (self.best_of_n or self.tuned_best_of_n) and self.best_of_n_prompts < 1:
+            raise ConfigError(f"best_of_n_prompts must be >= 1 when best_of_n or tuned_best_of_n is on, got {self.best_of_n_prompts}")
         self.instructions = tuple(self.instructions)
         if not self.instructions or not all(isinstance(i, str) and i.strip() for i in self.instructions):
             raise ConfigError("instructions must be a non-empty list of non-empty strings")
@@ -160,6 +168,8 @@ class RLAIFVConfig:
     def to_dict(self) -> dict:
         """JSON-ready form (what ``run.json`` records and :func:`config_from_dict` reads)."""
         d = asdict(self)
+        if not d["tuned_best_of_n"]:
+            del d["tuned_best_of_n"]  # off: the header of a run made before the setting existed still matches
         if d["load"]["dtype"] is not None:
             d["load"]["dtype"] = str(d["load"]["dtype"]).removeprefix("torch.")
         return json.loads(json.dumps(d, default=str))
@@ -367,22 +377,31 @@ class RLAIFVRun:
 
     def best_of_n(self) -> dict | None:
         """Best-of-N over the base policy's candidates, ranked by the final DPO implicit reward."""
-        n = self.cfg.best_of_n
+        return self._guided(self.cfg.best_of_n, self.policy_path(0), "best_of_n")
+
+    def tuned_best_of_n(self) -> dict | None:
+        """Best-of-N over the final policy's own candidates, ranked by its implicit reward against the base policy."""
+        return self._guided(self.cfg.tuned_best_of_n, self.policy_path(self.cfg.rounds), "tuned_best_of_n")
+
+    def _guided(self, n: int, sampler_path: str, name: str) -> dict | None:
+        """``name.json``: N candidates per held-out prompt from ``sampler_path``, picked by the final policy's implicit
+        reward (reference: the starting policy), at random, and by the final policy's log-likelihood."""
         if not n:
             return None
-        path = self.dir / "best_of_n.json"
+        path = self.dir / f"{name}.json"
         if self.rd.done(path):
             return self.rd.read_json(path)
         prompts = self._eval[: self.cfg.best_of_n_prompts]
         base_path, final_path = self.policy_path(0), self.policy_path(self.cfg.rounds)
-        scfg = SamplingConfig(**{**asdict(self.cfg.sampling), "n": n, "seed": round_seed(self.cfg.seed, 0, "best_of_n")})
-        base, processor = self._model(base_path)
-        cands = sample_candidates(base, processor, prompts, scfg, self.progress)
+        scfg = SamplingConfig(**{**asdict(self.cfg.sampling), "n": n, "seed": round_seed(self.cfg.seed, 0, name)})
+        sampler, processor = self._model(sampler_path)
+        cands = sample_candidates(sampler, processor, prompts, scfg, self.progress)
         self._loaded.clear()
-        final, _ = load_model(final_path, options=self.cfg.load)
+        base = sampler if sampler_path == base_path else load_model(base_path, options=self.cfg.load)[0]
+        final = sampler if sampler_path == final_path else load_model(final_path, options=self.cfg.load)[0]
         scores = score_for_guidance(final, base, processor, prompts, cands, GuidanceConfig(beta=self.cfg.dpo.beta), self.progress)
         picks = compare_selections(cands, scores, seed=self.cfg.seed)
-        del final, base
+        del final, base, sampler
         out: dict[str, Any] = {"n": n, "prompts": len(prompts)}
         for sel, chosen in picks.items():
             prefix = "" if sel == "reward" else f"{sel}_"
@@ -398,16 +417,23 @@ class RLAIFVRun:
         m = text_metrics(prompts, picked, self._judge_model(), self.judge_name(), self.decomposer(), self._eval_config(), progress=False)
         return {key: v for key, v in m.items() if key != "texts"}
 
+    def release(self) -> None:
+        """Free the models this run has loaded (policy, labeler, judge); they are loaded again on the next use."""
+        self._loaded.clear()
+        self._labeler = self._judge = None
+
     def next_round(self) -> int | None:
         """The first round k (1..rounds) without a finished ``eval.json``; None when every round is done."""
         return next((k for k in range(1, self.cfg.rounds + 1) if not self.rd.done(self.round_dir(k) / "eval.json")), None)
 
     def run(self) -> dict:
-        """Baseline, every round, best-of-N; writes and returns ``summary.json``."""
+        """Baseline, every round, best-of-N (and on the tuned policy, if configured); writes and returns ``summary.json``."""
         rounds = [self.baseline()]
         for k in tqdm(range(1, self.cfg.rounds + 1), desc="RLAIF-V rounds", disable=not self.progress or not distributed.is_main()):
             rounds.append(self.run_round(k))
         summary = {"rounds": rounds, "best_of_n": self.best_of_n(), "config": self.cfg.to_dict()}
+        if self.cfg.tuned_best_of_n:
+            summary["tuned_best_of_n"] = self.tuned_best_of_n()
         self.rd.write_if_changed(self.dir / "summary.json", summary)  # unchanged: not rewritten (read-only storage works)
         return summary
 
