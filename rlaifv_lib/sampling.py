@@ -48,6 +48,10 @@ class SamplingConfig:
         shared_prefill (bool, defaults to True): prefill each prompt once for all of its candidates in a
             ``generate`` batch (LLaVA and Idefics3/SmolVLM families; others prefill every row). The
             candidates are the same either way (tested).
+        second_temperature (float | None, defaults to None): None keeps the candidates deconfounded (one
+            setting for all). A number *confounds* them on purpose, for the ablation (``rlaifv ablate``): the
+            candidates with index >= ``(n + 1) // 2`` of every prompt are sampled at this temperature, so a
+            pair can differ in decoding style as well as in trustworthiness. Not an official setting.
     """
 
     n: int = 10
@@ -57,6 +61,7 @@ class SamplingConfig:
     batch_size: int = 64
     seed: int = 0
     shared_prefill: bool = True
+    second_temperature: float | None = None
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -68,6 +73,14 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        if self.second_temperature is not None and not self.second_temperature > 0:
+            raise ConfigError(f"second_temperature must be None (deconfounded, the default) or > 0, got {self.second_temperature}")
+        if self.second_temperature is not None and self.n < 2:
+            raise ConfigError(f"second_temperature needs n >= 2 (half the candidates use it), got n = {self.n}")
+
+    def temperature_of(self, index: int) -> float:
+        """The temperature of candidate ``index`` of a prompt (``second_temperature`` for the second half, when set)."""
+        return self.second_temperature if self.second_temperature is not None and index >= (self.n + 1) // 2 else self.temperature
 
 
 def candidate_seed(seed: int, prompt_id: str, index: int) -> int:
@@ -135,16 +148,23 @@ def generate_texts(model: Any, processor: Any, images: list, instructions: list[
 
 
 def sample_candidates(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
-    """N deconfounded candidates per prompt, batched over prompts x candidates."""
+    """N deconfounded candidates per prompt, batched over prompts x candidates (with ``second_temperature``, each
+    temperature's candidates are batched apart and returned in the same order)."""
     cfg = cfg or SamplingConfig()
     rows = [(p, k) for p in prompts for k in range(cfg.n)]
-    out: list[Candidate] = []
+    groups = [(cfg, rows)]
+    if cfg.second_temperature is not None:
+        second = SamplingConfig(**{**cfg.__dict__, "temperature": cfg.second_temperature, "second_temperature": None})
+        half = (cfg.n + 1) // 2
+        groups = [(cfg, [r for r in rows if r[1] < half]), (second, [r for r in rows if r[1] >= half])]
+    texts: dict[tuple[str, int], tuple[int, str]] = {}
     bar = tqdm(total=len(rows), desc="sampling candidates", disable=not progress, unit="resp")
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows[start : start + cfg.batch_size]
-        seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
-        texts = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, cfg)
-        out += [Candidate(prompt_id=p.id, seed=s, text=t, index=k) for (p, k), s, t in zip(chunk, seeds, texts)]
-        bar.update(len(chunk))
+    for gcfg, grows in groups:
+        for start in range(0, len(grows), cfg.batch_size):
+            chunk = grows[start : start + cfg.batch_size]
+            seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
+            made = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, gcfg)
+            texts.update({(p.id, k): (s, t) for (p, k), s, t in zip(chunk, seeds, made)})
+            bar.update(len(chunk))
     bar.close()
-    return out
+    return [Candidate(prompt_id=p.id, seed=texts[p.id, k][0], text=texts[p.id, k][1], index=k) for p, k in rows]
