@@ -110,8 +110,8 @@ class AblationConfig:
             raise ConfigError(f"variants must be a non-empty list without repeats, got {list(self.variants)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list without repeats, got {list(self.seeds)}")
-        if not 0 < self.response_margin <= 1:
-            raise ConfigError(f"response_margin must be in (0, 1] (whole-response scores are P(yes) in [0, 1]), got {self.response_margin}")
+        if not 0 < self.response_margin < 1:
+            raise ConfigError(f"response_margin must be in (0, 1) (whole-response scores are P(yes) in [0, 1]), got {self.response_margin}")
         if self.dpo_epochs <= 0:
             raise ConfigError(f"dpo_epochs must be > 0, got {self.dpo_epochs}")
         for name in ("rounds", "prompts_per_round", "eval_scenes", "max_new_tokens"):

@@ -128,8 +128,8 @@ class RLAIFVConfig:
                 raise ConfigError(f"{name} must be >= 1 (a round or an evaluation over no prompt measures nothing), got {getattr(self, name)}")
         if self.sampling.n < 2:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
-        if self.feedback.unit == "response" and self.pairs.min_margin > 1:
-            raise ConfigError(f"feedback.unit 'response' scores are P(yes) in [0, 1]: pairs.min_margin {self.pairs.min_margin} > 1 pairs nothing (try 0.1)")
+        if self.feedback.unit == "response" and self.pairs.min_margin >= 1:
+            raise ConfigError(f"feedback.unit 'response' scores are P(yes) in [0, 1]: pairs.min_margin {self.pairs.min_margin} >= 1 pairs (almost) nothing (try 0.1)")
         if self.best_of_n == 1 or self.best_of_n < 0:
             raise ConfigError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
         if self.best_of_n and self.best_of_n_prompts < 1:
