@@ -40,7 +40,7 @@ from .pipeline import RLAIFVConfig, RLAIFVRun
 from .records import Claim, PreferencePair, Verdict, read_json, read_jsonl, write_json
 from .sampling import SamplingConfig
 
-__all__ = ["VARIANTS", "TABLE_KEYS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table"]
+__all__ = ["VARIANTS", "TABLE_KEYS", "CLAIMS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table", "claim_checks", "claim_report"]
 
 # variant -> what it changes (the first one is the paper's recipe every other is compared with)
 VARIANTS: dict[str, str] = {
@@ -63,6 +63,17 @@ TABLE_KEYS: tuple[tuple[str, str, int, str], ...] = (
     ("share_fewer_false_claims", "chosen truer", 15, ".3f"),
     ("wrong_way", "wrong-way", 15, ".3f"),
 )
+# the paper's (or the project's) claim each variant tests: variant -> (claim, [(metric, +1 if higher is better else -1)]);
+# the first metric decides; "separate-labeler" claims parity (reproduced unless the alternative is better), the others superiority
+_PARITY = ("separate-labeler",)
+CLAIMS: dict[str, tuple[str, list[tuple[str, int]]]] = {
+    "confounded": ("deconfounded candidates (one decoding setting) beat candidates from mixed settings", [("chair_i", -1), ("share_fewer_false_claims", +1)]),
+    "whole-response": ("divide-and-conquer (claim-level) feedback beats one whole-response question", [("chair_i", -1), ("share_fewer_false_claims", +1)]),
+    "offline": ("k on-policy rounds beat one offline round of the same prompts and DPO steps", [("chair_i", -1), ("coverage", +1)]),
+    "no-length-balance": ("length balancing keeps 'say less' from winning", [("mean_words", +1), ("coverage", +1)]),
+    "separate-labeler": ("self-feedback works as well as a separate labeler", [("chair_i", -1), ("coverage", +1)]),
+    "sft-0": ("the toy needs the SFT term (weight 1.0; official 0) to keep its text intact", [("coverage", +1), ("chair_i", -1)]),
+}
 _RUN_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "train_labeler_accuracy", "n_pairs", "share_fewer_false_claims", "wrong_way", "dpo_steps", "seconds")
 
 
@@ -288,4 +299,56 @@ def ablation_table(summary: dict[str, Any]) -> str:
         lines.append(f"{'baseline (start)':<18}" + "".join(_cell(summary["baseline"].get(k), w, f) for k, _, w, f in TABLE_KEYS))
     for variant, stats in summary["variants"].items():
         lines.append(f"{variant:<18}" + "".join(_cell(stats.get(k), w, f) for k, _, w, f in TABLE_KEYS))
+    return "\n".join(lines)
+
+
+def claim_checks(summary: dict[str, Any], z: float = 2.0) -> list[dict[str, Any]]:
+    """For each variant's claim and metric: paper and variant mean, their difference and its standard error
+    sqrt(std_p²/n_p + std_v²/n_v) over seeds, and the outcome: "paper's choice better" / "alternative better" when
+    the difference exceeds ``z`` standard errors in that direction, else "no difference beyond noise" (None without
+    a std, i.e. under 2 seeds)."""
+    paper = summary["variants"].get("paper")
+    rows = []
+    for variant, (claim, metrics) in CLAIMS.items():
+        if paper is None or variant not in summary["variants"]:
+            continue
+        for key, sign in metrics:
+            p, v = paper.get(key) or {}, summary["variants"][variant].get(key) or {}
+            if p.get("mean") is None or v.get("mean") is None:
+                continue
+            diff = v["mean"] - p["mean"]
+            se = (p["std"] ** 2 / p["n"] + v["std"] ** 2 / v["n"]) ** 0.5 if p.get("std") is not None and v.get("std") is not None else None
+            if se is None:
+                outcome = None
+            elif -sign * diff > z * se:
+                outcome = "paper's choice better"
+            elif sign * diff > z * se:
+                outcome = "alternative better"
+            else:
+                outcome = "no difference beyond noise"
+            rows.append({"variant": variant, "claim": claim, "metric": key, "paper": p["mean"], "variant_mean": v["mean"], "diff": diff, "se": se, "outcome": outcome})
+    return rows
+
+
+def claim_report(summary: dict[str, Any], z: float = 2.0) -> str:
+    """:func:`claim_checks` as text: one line per claim and metric, and per claim whether the toy reproduces it."""
+    rows = claim_checks(summary, z)
+    lines = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        outcomes = [r["outcome"] for r in mine]
+        if any(o is None for o in outcomes):
+            verdict = "not decidable (needs >= 2 seeds)"
+        elif variant in _PARITY and outcomes[0] != "alternative better":
+            verdict = "REPRODUCED (no worse on the main metric; with few seeds, parity is weak evidence)"
+        elif outcomes[0] == "paper's choice better":
+            verdict = "REPRODUCED"
+        elif "alternative better" in outcomes:
+            verdict = "CONTRADICTED" if outcomes[0] == "alternative better" else "NOT REPRODUCED (a side metric favours the alternative)"
+        else:
+            verdict = "NOT REPRODUCED (no difference beyond noise on the main metric)"
+        lines.append(f"{variant} vs paper: {mine[0]['claim']} -> {verdict}")
+        for r in mine:
+            se = "n/a" if r["se"] is None else f"{r['se']:.3f}"
+            lines.append(f"    {r['metric']:<26} paper {r['paper']:.3f}  {variant} {r['variant_mean']:.3f}  diff {r['diff']:+.3f} (se {se}): {r['outcome']}")
     return "\n".join(lines)
