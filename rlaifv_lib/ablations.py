@@ -40,7 +40,7 @@ from .pipeline import RLAIFVConfig, RLAIFVRun
 from .records import Claim, PreferencePair, Verdict, read_json, read_jsonl, write_json
 from .sampling import SamplingConfig
 
-__all__ = ["VARIANTS", "TABLE_KEYS", "CLAIMS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table", "claim_checks", "claim_report"]
+__all__ = ["VARIANTS", "TABLE_KEYS", "CLAIMS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table", "claim_checks", "claim_report", "changed_settings"]
 
 # variant -> what it changes (the first one is the paper's recipe every other is compared with)
 VARIANTS: dict[str, str] = {
@@ -177,6 +177,24 @@ def variant_config(cfg: AblationConfig, variant: str, seed: int, dpo_steps: int 
     return RLAIFVConfig(**values, sampling=sampling, feedback=feedback, pairs=pairs, dpo=dpo)
 
 
+def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict flattened to dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def changed_settings(cfg: AblationConfig, variant: str) -> dict[str, tuple[Any, Any]]:
+    """The run settings ``variant`` changes, as {dotted name: (paper value, variant value)} (offline: its DPO steps
+    are the paper run's, known only once that run is done, shown as "paper's")."""
+    paper, other = _leaves(variant_config(cfg, "paper", 0).to_dict()), _leaves(variant_config(cfg, variant, 0).to_dict())
+    out = {k: (paper[k], other[k]) for k in paper if paper[k] != other[k]}
+    if variant == "offline":
+        out["dpo.max_steps"] = (paper["dpo.max_steps"], "paper's")
+    return out
+
+
 def _dpo_steps(run: RLAIFVRun) -> int:
     """Optimiser steps of every round's DPO (0 for a round without pairs)."""
     total = 0
@@ -194,7 +212,7 @@ def _run_metrics(run: RLAIFVRun, final: dict) -> dict[str, Any]:
     train_acc = []
     for k in range(1, run.cfg.rounds + 1):
         rd = run.round_dir(k)
-        pairs += read_jsonl(rd / "pairs.jsonl", PreferencePair)
+        pairs += run.round_pairs(k)  # reads the round's prompts too, so a resumed run knows their scenes
         claims += read_jsonl(rd / "claims.jsonl", Claim)
         train_acc.append(read_json(rd / "eval.json").get("train_labeler_accuracy"))
     audit = pair_audit(pairs, run.source.scenes, claims) if pairs else None

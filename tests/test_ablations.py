@@ -115,7 +115,7 @@ def test_rlaifv_ablate_quick_smoke(tmp_path: Path, capsys):
 
     threads = torch.get_num_threads()
     out = tmp_path / "ablate"
-    args = ["ablate", "--quick", "--seeds", "2", "--prompts", "4", "--eval-scenes", "6", "--out", str(out), "--threads", "1"]
+    args = ["ablate", "--quick", "--seeds", "2", "--prompts", "3", "--eval-scenes", "4", "--out", str(out), "--threads", "1"]
     try:
         assert main(args) == 0
         first = capsys.readouterr().out
@@ -138,4 +138,4 @@ def test_rlaifv_ablate_quick_smoke(tmp_path: Path, capsys):
     assert [c.text for c in mixed if c.index < cfg.n // 2] == [c.text for c in paper if c.index < cfg.n // 2]  # same start policy, same seeds
     assert [c.text for c in mixed if c.index >= cfg.n // 2] != [c.text for c in paper if c.index >= cfg.n // 2]
     whole = read_jsonl(out / "whole-response" / "seed_0" / "round_1" / "verdicts.jsonl", Verdict)
-    assert len(whole) == quick_ablation().n * 4 and all(v.claim_id.endswith("/response") for v in whole)
+    assert len(whole) == quick_ablation().n * 3 and all(v.claim_id.endswith("/response") for v in whole)
