@@ -256,11 +256,13 @@ def _aggregate(rows: list[dict], keys: tuple[str, ...] = _RUN_KEYS) -> dict[str,
     return out
 
 
-def run_ablations(cfg: AblationConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_ablations(cfg: AblationConfig, out_dir: str | Path, progress: bool = True, only_finished: bool = False) -> dict[str, Any]:
     """Run (or resume) every (variant, seed) run in ``out_dir`` and write ``out_dir/ablations.json``.
 
     Returns ``{"config", "runs": [{variant, seed, metrics}], "variants": {variant: {key: {mean, std, n}}},
-    "baseline": {key: {mean, std, n}}, "wall_seconds"}``; one progress bar counts the runs.
+    "baseline": {key: {mean, std, n}}, "wall_seconds"}``; one progress bar counts the runs. ``only_finished``
+    summarises the runs already finished and runs nothing (e.g. while a sweep is still going); ``wall_seconds``
+    is then that summary's own time.
     """
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -270,6 +272,9 @@ def run_ablations(cfg: AblationConfig, out_dir: str | Path, progress: bool = Tru
     bar = tqdm(cfg.runs(), desc="ablation runs", disable=not progress, unit="run")
     for variant, seed in bar:
         bar.set_postfix_str(f"{variant}, seed {seed}")
+        last = 1 if variant == "offline" else cfg.rounds
+        if only_finished and not (out_dir / variant / f"seed_{seed}" / f"round_{last}" / "eval.json").exists():
+            continue
         steps = paper_steps.get(seed) if variant == "offline" else None
         run = RLAIFVRun(out_dir / variant / f"seed_{seed}", variant_config(cfg, variant, seed, steps), progress=False)
         if variant == "paper":
