@@ -289,6 +289,7 @@ def run_ablations(cfg: AblationConfig, out_dir: str | Path, progress: bool = Tru
         if variant == "paper":
             paper_steps[seed] = metrics["dpo_steps"]
         rows.append({"variant": variant, "seed": seed, **metrics})
+        run.rd.close()  # release the run directory's lock now, not when the object is collected
     bar.close()
     summary = {
         "config": asdict(cfg),
