@@ -326,12 +326,31 @@ def ablation_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}  # t(0.975, n - 1) for n seeds
+
+
+def _outcome(diff: float, se: float | None, sign: int, z: float) -> str | None:
+    """Which side a difference (variant - paper) favours beyond ``z`` standard errors; None without a standard error."""
+    if se is None:
+        return None
+    if -sign * diff > z * se:
+        return "paper's choice better"
+    if sign * diff > z * se:
+        return "alternative better"
+    return "no difference beyond noise"
+
+
 def claim_checks(summary: dict[str, Any], z: float = 2.0) -> list[dict[str, Any]]:
-    """For each variant's claim and metric: paper and variant mean, their difference and its standard error
-    sqrt(std_p²/n_p + std_v²/n_v) over seeds, and the outcome: "paper's choice better" / "alternative better" when
-    the difference exceeds ``z`` standard errors in that direction, else "no difference beyond noise" (None without
-    a std, i.e. under 2 seeds)."""
+    """For each variant's claim and metric: paper and variant mean, their difference and the outcome, two ways.
+
+    Unpaired: the standard error is sqrt(std_p²/n_p + std_v²/n_v) over seeds. Paired by seed (runs of one seed share
+    the training prompts, except offline's, and the evaluation's sampling seed): the mean and standard error of the
+    per-seed differences. Each outcome is "paper's choice better" / "alternative better" beyond ``z`` standard
+    errors, else "no difference beyond noise" (None under 2 seeds). ``seeds_favouring_paper`` counts the seeds
+    whose difference favours the paper's choice.
+    """
     paper = summary["variants"].get("paper")
+    by_run = {(r["variant"], r["seed"]): r for r in summary.get("runs", [])}
     rows = []
     for variant, (claim, metrics) in CLAIMS.items():
         if paper is None or variant not in summary["variants"]:
@@ -342,37 +361,50 @@ def claim_checks(summary: dict[str, Any], z: float = 2.0) -> list[dict[str, Any]
                 continue
             diff = v["mean"] - p["mean"]
             se = (p["std"] ** 2 / p["n"] + v["std"] ** 2 / v["n"]) ** 0.5 if p.get("std") is not None and v.get("std") is not None else None
-            if se is None:
-                outcome = None
-            elif -sign * diff > z * se:
-                outcome = "paper's choice better"
-            elif sign * diff > z * se:
-                outcome = "alternative better"
-            else:
-                outcome = "no difference beyond noise"
-            rows.append({"variant": variant, "claim": claim, "metric": key, "paper": p["mean"], "variant_mean": v["mean"], "diff": diff, "se": se, "outcome": outcome})
+            seeds = sorted(s for (name, s) in by_run if name == variant and (("paper", s) in by_run))
+            diffs = [by_run[variant, s][key] - by_run["paper", s][key] for s in seeds if by_run[variant, s].get(key) is not None and by_run["paper", s].get(key) is not None]
+            paired = statistics.fmean(diffs) if diffs else None
+            paired_se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+            rows.append({
+                "variant": variant, "claim": claim, "metric": key, "paper": p["mean"], "variant_mean": v["mean"], "diff": diff, "se": se,
+                "outcome": _outcome(diff, se, sign, z), "paired_diff": paired, "paired_se": paired_se,
+                "paired_outcome": _outcome(paired, paired_se, sign, z) if paired is not None else None,
+                "seeds_favouring_paper": sum(-sign * d > 0 for d in diffs), "n_seeds": len(diffs),
+            })  # fmt: skip
     return rows
 
 
+def _verdict(variant: str, outcomes: list[str | None]) -> str:
+    """Whether the toy reproduces a claim, from the outcomes of its metrics (the first one decides)."""
+    if any(o is None for o in outcomes):
+        return "not decidable (needs >= 2 seeds)"
+    if variant in _PARITY and outcomes[0] != "alternative better":
+        return "reproduced (no worse on the main metric; with few seeds, parity is weak evidence)"
+    if outcomes[0] == "paper's choice better":
+        return "REPRODUCED"
+    if outcomes[0] == "alternative better":
+        return "CONTRADICTED"
+    return "not reproduced (no difference beyond noise on the main metric)"
+
+
 def claim_report(summary: dict[str, Any], z: float = 2.0) -> str:
-    """:func:`claim_checks` as text: one line per claim and metric, and per claim whether the toy reproduces it."""
+    """:func:`claim_checks` as text: per claim, whether the toy reproduces it (unpaired and paired by seed), and one
+    line per metric."""
     rows = claim_checks(summary, z)
     lines = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
-        outcomes = [r["outcome"] for r in mine]
-        if any(o is None for o in outcomes):
-            verdict = "not decidable (needs >= 2 seeds)"
-        elif variant in _PARITY and outcomes[0] != "alternative better":
-            verdict = "REPRODUCED (no worse on the main metric; with few seeds, parity is weak evidence)"
-        elif outcomes[0] == "paper's choice better":
-            verdict = "REPRODUCED"
-        elif "alternative better" in outcomes:
-            verdict = "CONTRADICTED" if outcomes[0] == "alternative better" else "NOT REPRODUCED (a side metric favours the alternative)"
-        else:
-            verdict = "NOT REPRODUCED (no difference beyond noise on the main metric)"
-        lines.append(f"{variant} vs paper: {mine[0]['claim']} -> {verdict}")
+        lines.append(f"{variant} vs paper: {mine[0]['claim']}")
+        lines.append(f"    unpaired: {_verdict(variant, [r['outcome'] for r in mine])}")
+        lines.append(f"    paired by seed: {_verdict(variant, [r['paired_outcome'] for r in mine])}")
         for r in mine:
             se = "n/a" if r["se"] is None else f"{r['se']:.3f}"
-            lines.append(f"    {r['metric']:<26} paper {r['paper']:.3f}  {variant} {r['variant_mean']:.3f}  diff {r['diff']:+.3f} (se {se}): {r['outcome']}")
+            pse = "n/a" if r["paired_se"] is None else f"{r['paired_se']:.3f}"
+            lines.append(
+                f"    {r['metric']:<25} paper {r['paper']:.3f}  {variant} {r['variant_mean']:.3f}  diff {r['diff']:+.3f} (se {se}; "
+                f"paired se {pse}); seeds favouring paper {r['seeds_favouring_paper']}/{r['n_seeds']}"
+            )
+    n = max((r["n_seeds"] for r in rows), default=0)
+    if n in _T95:
+        lines.append(f"(beyond noise = over {z:g} standard errors; a two-sided 95% t-test over {n} seeds would need {_T95[n]:.2f}: read these as indications)")
     return "\n".join(lines)

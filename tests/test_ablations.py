@@ -108,6 +108,25 @@ def test_table_shows_mean_and_std_and_absent_values():
     assert "0.200" in lines[2] and "0.100 ± 0.020" in lines[3] and "30 ± 4" in lines[3] and "n/a" in lines[3]
 
 
+def test_claim_checks_unpaired_and_paired_by_seed():
+    def stat(vals):
+        import statistics
+
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals), "n": len(vals)}
+
+    paper, conf = [0.10, 0.12, 0.14], [0.11, 0.13, 0.15]  # +0.01 on every seed, spread 0.02 between seeds
+    runs = [{"variant": v, "seed": s, "chair_i": x, "share_fewer_false_claims": 0.9} for v, xs in (("paper", paper), ("confounded", conf)) for s, x in enumerate(xs)]
+    summary = {"runs": runs, "variants": {v: {"chair_i": stat(xs), "share_fewer_false_claims": stat([0.9, 0.9, 0.9])} for v, xs in (("paper", paper), ("confounded", conf))}}
+    from rlaifv_lib.ablations import claim_checks, claim_report
+
+    row = next(r for r in claim_checks(summary) if r["metric"] == "chair_i")
+    assert row["outcome"] == "no difference beyond noise"  # 0.01 against a between-seed spread of 0.02
+    assert row["paired_diff"] == pytest.approx(0.01) and row["seeds_favouring_paper"] == 3
+    assert row["paired_outcome"] == "paper's choice better"  # the same +0.01 on every seed: no spread in the differences
+    report = claim_report(summary)
+    assert "unpaired: not reproduced" in report and "4.30" in report
+
+
 @pytest.mark.slow
 def test_rlaifv_ablate_quick_smoke(tmp_path: Path, capsys):
     """``rlaifv ablate --quick`` (fewer prompts and scenes, 2 seeds) runs every variant, writes table, JSON and plot."""
