@@ -40,7 +40,7 @@ from .pipeline import RLAIFVConfig, RLAIFVRun
 from .records import Claim, PreferencePair, Verdict, read_json, read_jsonl, write_json
 from .sampling import SamplingConfig
 
-__all__ = ["VARIANTS", "TABLE_KEYS", "CLAIMS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table", "claim_checks", "claim_report", "changed_settings"]
+__all__ = ["VARIANTS", "TABLE_KEYS", "CLAIMS", "AblationConfig", "quick_ablation", "variant_config", "run_ablations", "ablation_table", "claim_checks", "claim_report", "changed_settings", "variant_order"]
 
 # variant -> what it changes (the first one is the paper's recipe every other is compared with)
 VARIANTS: dict[str, str] = {
@@ -315,13 +315,20 @@ def _cell(stat: dict[str, Any] | None, width: int, fmt: str) -> str:
     return f"{text:>{width}}"
 
 
+def variant_order(summary: dict[str, Any]) -> list[str]:
+    """The summary's variants in the sweep's order (a JSON file written with sorted keys loses it)."""
+    order = summary.get("config", {}).get("variants") or list(summary["variants"])
+    return [v for v in order if v in summary["variants"]]
+
+
 def ablation_table(summary: dict[str, Any]) -> str:
     """The sweep as one text table: a row per variant (mean ± std over seeds), the baseline first."""
     head = f"{'variant':<18}" + "".join(f"{h:>{w}}" for _, h, w, _ in TABLE_KEYS)
     lines = [head, "-" * len(head)]
     if summary.get("baseline"):
         lines.append(f"{'baseline (start)':<18}" + "".join(_cell(summary["baseline"].get(k), w, f) for k, _, w, f in TABLE_KEYS))
-    for variant, stats in summary["variants"].items():
+    for variant in variant_order(summary):
+        stats = summary["variants"][variant]
         lines.append(f"{variant:<18}" + "".join(_cell(stats.get(k), w, f) for k, _, w, f in TABLE_KEYS))
     return "\n".join(lines)
 

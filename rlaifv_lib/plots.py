@@ -380,7 +380,8 @@ def ablation_bars(summary: Mapping[str, Any], keys: Sequence[str] = ("chair_i", 
     """``ablations.run_ablations(...)``: one panel per metric, a bar per variant (mean, whiskers ± std over seeds);
     the dashed line is the starting policy where it has the metric."""
     fig, axes = _figure(ncols=len(keys), size=(3.0, 3.4))
-    names = list(summary["variants"])
+    order = (summary.get("config") or {}).get("variants") or list(summary["variants"])
+    names = [v for v in order if v in summary["variants"]]  # the sweep's order ("paper" first), not the JSON's sorted keys
     for ax, key in zip(axes.ravel(), keys):
         stats = [summary["variants"][v].get(key) or {} for v in names]
         means = [s.get("mean") if s.get("mean") is not None else np.nan for s in stats]
