@@ -60,6 +60,8 @@ RUN_FORMAT = 2  # bump when the layout or the meaning of an artifact changes (2:
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
 
 
+# settings added for the ablations (rlaifv ablate), recorded in run.json only when they differ from their default
+_RECORDED_WHEN_CHANGED = (("sampling", "second_temperature"), ("feedback", "unit"), ("feedback", "response_question"))
 _NESTED = {"sampling": SamplingConfig, "claims": ClaimsConfig, "feedback": FeedbackConfig, "pairs": PairConfig, "dpo": DPOSettings, "load": LoadOptions}
 
 
@@ -159,6 +161,9 @@ class RLAIFVConfig:
         d = asdict(self)
         if d["load"]["dtype"] is not None:
             d["load"]["dtype"] = str(d["load"]["dtype"]).removeprefix("torch.")
+        for step, name in _RECORDED_WHEN_CHANGED:  # so runs made before these settings existed still resume, same files
+            if d[step][name] == _NESTED[step].__dataclass_fields__[name].default:
+                del d[step][name]
         return json.loads(json.dumps(d, default=str))
 
 

@@ -158,3 +158,16 @@ def test_rlaifv_ablate_quick_smoke(tmp_path: Path, capsys):
     assert [c.text for c in mixed if c.index >= cfg.n // 2] != [c.text for c in paper if c.index >= cfg.n // 2]
     whole = read_jsonl(out / "whole-response" / "seed_0" / "round_1" / "verdicts.jsonl", Verdict)
     assert len(whole) == quick_ablation().n * 3 and all(v.claim_id.endswith("/response") for v in whole)
+
+
+def test_new_settings_are_recorded_only_when_changed():
+    """Runs made before these settings existed keep their run.json (and fingerprints): the default demo's files stay the same."""
+    from rlaifv_lib.pipeline import config_from_dict
+
+    d = RLAIFVConfig().to_dict()
+    assert "second_temperature" not in d["sampling"] and not {"unit", "response_question"} & set(d["feedback"])
+    assert config_from_dict(d).to_dict() == d
+    mixed = variant_config(AblationConfig(), "confounded", 0).to_dict()
+    assert mixed["sampling"]["second_temperature"] == 1.3 and config_from_dict(mixed).sampling.second_temperature == 1.3
+    whole = config_from_dict(variant_config(AblationConfig(), "whole-response", 0).to_dict())
+    assert whole.feedback.unit == "response" and whole.feedback.response_question == "{response} ?"
