@@ -188,7 +188,7 @@ def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
 def changed_settings(cfg: AblationConfig, variant: str) -> dict[str, tuple[Any, Any]]:
     """The run settings ``variant`` changes, as {dotted name: (paper value, variant value)} (offline: its DPO steps
     are the paper run's, known only once that run is done, shown as "paper's")."""
-    paper, other = _leaves(variant_config(cfg, "paper", 0).to_dict()), _leaves(variant_config(cfg, variant, 0).to_dict())
+    paper, other = _leaves(asdict(variant_config(cfg, "paper", 0))), _leaves(asdict(variant_config(cfg, variant, 0)))
     out = {k: (paper[k], other[k]) for k in paper if paper[k] != other[k]}
     if variant == "offline":
         out["dpo.max_steps"] = (paper["dpo.max_steps"], "paper's")

@@ -4,6 +4,7 @@ a smoke sweep through the command (its numbers are not asserted: at smoke size t
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def _leaves(d: dict, prefix: str = "") -> dict:
 
 
 def _changed(variant: str, cfg: AblationConfig) -> set[str]:
-    paper, other = _leaves(variant_config(cfg, "paper", 0).to_dict()), _leaves(variant_config(cfg, variant, 0, dpo_steps=7).to_dict())
+    paper, other = _leaves(asdict(variant_config(cfg, "paper", 0))), _leaves(asdict(variant_config(cfg, variant, 0, dpo_steps=7)))
     return {k for k in paper if paper[k] != other[k]}
 
 
