@@ -172,3 +172,26 @@ def test_new_settings_are_recorded_only_when_changed():
     assert mixed["sampling"]["second_temperature"] == 1.3 and config_from_dict(mixed).sampling.second_temperature == 1.3
     whole = config_from_dict(variant_config(AblationConfig(), "whole-response", 0).to_dict())
     assert whole.feedback.unit == "response" and whole.feedback.response_question == "{response} ?"
+
+
+def test_ablation_bars_follow_the_sweep_order():
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from rlaifv_lib.plots import ablation_bars
+
+    stat = lambda m: {"mean": m, "std": 0.01 if m is not None else None, "n": 3}  # noqa: E731
+    summary = {  # as read back from JSON: keys sorted, the sweep's order only in the config
+        "config": {"variants": ["paper", "confounded"]},
+        "variants": {"confounded": {"chair_i": stat(0.2), "coverage": stat(None)}, "paper": {"chair_i": stat(0.1), "coverage": stat(0.9)}},
+        "baseline": {"chair_i": stat(0.3)},
+    }
+    fig = ablation_bars(summary, keys=("chair_i", "coverage"))
+    first, second = fig.axes[:2]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["paper", "confounded"]
+    assert [p.get_height() for p in first.patches] == pytest.approx([0.1, 0.2])
+    heights = [p.get_height() for p in second.patches]
+    assert heights[0] == pytest.approx(0.9) and math.isnan(heights[1])  # no value: no bar
+    assert first.get_legend() is not None and second.get_legend() is None  # the start line only where the baseline has it
