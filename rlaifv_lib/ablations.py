@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .audit import pair_audit
+from .audit import claim_truth, pair_audit
 from .dpo import toy_dpo_settings
 from .errors import ConfigError, check_finite
 from .feedback import FeedbackConfig
@@ -232,8 +232,6 @@ def _run_metrics(run: RLAIFVRun, final: dict) -> dict[str, Any]:
 
 def _response_accuracy(run: RLAIFVRun) -> float | None:
     """Whole-response verdicts against the truth: "yes" is right iff the response has no truly false claim."""
-    from .audit import claim_truth
-
     right = total = 0
     for k in range(1, run.cfg.rounds + 1):
         rd = run.round_dir(k)
