@@ -15,9 +15,11 @@ after the prefill would need that internal state rewritten.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -119,6 +121,26 @@ def _prefill(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
         return model(**short, position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1).cache
 
 
+def _second_temperature(sample: Callable[..., list[Candidate]]) -> Callable[..., list[Candidate]]:
+    """Lets ``sample_candidates`` honour ``SamplingConfig.second_temperature`` (the ablation's confounded candidates):
+    the first half of each prompt's candidates at ``temperature``, the rest at ``second_temperature``, with the
+    same per-candidate seeds and order. The second half is drawn from a full-``n`` pass at the second temperature
+    (its first half discarded): 1.5x the sampling work, for the ablation only."""
+
+    @functools.wraps(sample)
+    def wrapper(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
+        cfg = cfg or SamplingConfig()
+        if cfg.second_temperature is None:
+            return sample(model, processor, prompts, cfg, progress)
+        half = (cfg.n + 1) // 2
+        first = sample(model, processor, prompts, dataclasses.replace(cfg, n=half, second_temperature=None), progress)
+        hot = sample(model, processor, prompts, dataclasses.replace(cfg, temperature=cfg.second_temperature, second_temperature=None), progress)
+        by_key = {(c.prompt_id, c.index): c for c in first + [c for c in hot if c.index >= half]}
+        return [by_key[p.id, k] for p in prompts for k in range(cfg.n)]
+
+    return wrapper
+
+
 def generate_texts(model: Any, processor: Any, images: list, instructions: list[str], seeds: list[int], cfg: SamplingConfig) -> list[str]:
     """One sampled response per (image, instruction, seed) row, in a single ``generate`` call."""
     shared = cfg.shared_prefill and getattr(model.config, "model_type", "") in SHARED_PREFILL_FAMILIES
@@ -147,24 +169,18 @@ def generate_texts(model: Any, processor: Any, images: list, instructions: list[
     return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
+@_second_temperature
 def sample_candidates(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
-    """N deconfounded candidates per prompt, batched over prompts x candidates (with ``second_temperature``, each
-    temperature's candidates are batched apart and returned in the same order)."""
+    """N deconfounded candidates per prompt, batched over prompts x candidates."""
     cfg = cfg or SamplingConfig()
     rows = [(p, k) for p in prompts for k in range(cfg.n)]
-    groups = [(cfg, rows)]
-    if cfg.second_temperature is not None:
-        second = SamplingConfig(**{**cfg.__dict__, "temperature": cfg.second_temperature, "second_temperature": None})
-        half = (cfg.n + 1) // 2
-        groups = [(cfg, [r for r in rows if r[1] < half]), (second, [r for r in rows if r[1] >= half])]
-    texts: dict[tuple[str, int], tuple[int, str]] = {}
+    out: list[Candidate] = []
     bar = tqdm(total=len(rows), desc="sampling candidates", disable=not progress, unit="resp")
-    for gcfg, grows in groups:
-        for start in range(0, len(grows), cfg.batch_size):
-            chunk = grows[start : start + cfg.batch_size]
-            seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
-            made = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, gcfg)
-            texts.update({(p.id, k): (s, t) for (p, k), s, t in zip(chunk, seeds, made)})
-            bar.update(len(chunk))
+    for start in range(0, len(rows), cfg.batch_size):
+        chunk = rows[start : start + cfg.batch_size]
+        seeds = [candidate_seed(cfg.seed, p.id, k) for p, k in chunk]
+        texts = generate_texts(model, processor, [p.image for p, _ in chunk], [p.instruction for p, _ in chunk], seeds, cfg)
+        out += [Candidate(prompt_id=p.id, seed=s, text=t, index=k) for (p, k), s, t in zip(chunk, seeds, texts)]
+        bar.update(len(chunk))
     bar.close()
-    return [Candidate(prompt_id=p.id, seed=texts[p.id, k][0], text=texts[p.id, k][1], index=k) for p, k in rows]
+    return out
