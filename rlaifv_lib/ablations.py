@@ -166,7 +166,10 @@ def variant_config(cfg: AblationConfig, variant: str, seed: int, dpo_steps: int 
         values.update(rounds=1, prompts_per_round=cfg.rounds * cfg.prompts_per_round)
         if dpo_steps is not None:
             if dpo_steps < 1:
-                raise ConfigError(f"the offline round needs >= 1 DPO step (the paper run's total), got {dpo_steps}")
+                raise ConfigError(
+                    f"the offline round gets the paper run's total DPO steps, and that run of seed {seed} trained {dpo_steps} "
+                    "(it made no preference pairs): give the sweep more prompts per round or candidates."
+                )
             dpo = replace(dpo, max_steps=dpo_steps)
     elif variant == "no-length-balance":
         pairs = replace(pairs, length_balance=False)
