@@ -44,6 +44,8 @@ def test_each_variant_changes_only_its_own_settings():
     offline = variant_config(cfg, "offline", 0, dpo_steps=7)
     assert offline.rounds * offline.prompts_per_round == cfg.rounds * cfg.prompts_per_round and offline.dpo.max_steps == 7
     assert variant_config(cfg, "paper", 0).dpo.sft_weight == 1.0 and variant_config(cfg, "paper", 3).seed == 3
+    with pytest.raises(ConfigError, match="trained 0"):  # a paper run without pairs leaves the offline round no budget
+        variant_config(cfg, "offline", 0, dpo_steps=0)
 
 
 @pytest.mark.parametrize(
