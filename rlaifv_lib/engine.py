@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, Union
 
 from .claims import ClaimsConfig, Decomposer, make_decomposer
-from .feedback import FeedbackConfig, score_candidates, score_claims
+from .feedback import FeedbackConfig, response_scores, score_candidates, score_claims, score_responses
 from .pairs import PairConfig, build_pairs, pair_stats
 from .records import Candidate, Claim, PreferencePair, Prompt, ScoredCandidate, Verdict, prompt_of
 from .sampling import SamplingConfig, sample_candidates
@@ -112,8 +112,14 @@ def run_pass(prompts: Sequence[Prompt], policy: ModelRef, labeler: ModelRef | No
     prompts = list(prompts)
     cands = store.stage("candidates.jsonl", lambda: sample_candidates(*models_of(policy), prompts, settings.sampling, progress), Candidate)
     claims = store.stage("claims.jsonl", lambda: decomposer.decompose_all(cands, progress=progress), Claim)
-    verdicts = store.stage("verdicts.jsonl", lambda: label(policy if labeler is None else labeler, claims, prompts, settings.feedback, progress), Verdict)
-    scored = store.stage("scored.jsonl", lambda: score_candidates(cands, claims, verdicts), ScoredCandidate)
+    judge = policy if labeler is None else labeler
+    if settings.feedback.unit == "response":  # the ablation's whole-response scoring; the claims are kept for audits
+        images = {p.id: p.image for p in prompts}
+        verdicts = store.stage("verdicts.jsonl", lambda: score_responses(*models_of(judge), cands, images, settings.feedback, progress), Verdict)
+        scored = store.stage("scored.jsonl", lambda: response_scores(cands, claims, verdicts), ScoredCandidate)
+    else:
+        verdicts = store.stage("verdicts.jsonl", lambda: label(judge, claims, prompts, settings.feedback, progress), Verdict)
+        scored = store.stage("scored.jsonl", lambda: score_candidates(cands, claims, verdicts), ScoredCandidate)
     out = EnginePass(prompts, cands, claims, verdicts, scored)
     if pairs:
         out.pairs, out.pair_stats = _pairs(scored, prompts, settings.pairs, store)

@@ -29,7 +29,9 @@ from .models import chat_prompt, tokenizer_of
 from .prefix import PlanError, PrefixPlan, plan_prefix, prefix_logits, unsupported_reason
 from .records import Candidate, Claim, ScoredCandidate, Verdict
 
-__all__ = ["FeedbackConfig", "yes_no_token_ids", "yes_no_probs", "score_claims", "score_candidates"]
+__all__ = ["UNITS", "FeedbackConfig", "yes_no_token_ids", "yes_no_probs", "score_claims", "score_candidates", "score_responses", "response_scores"]
+
+UNITS = ("claim", "response")  # what the labeler judges: each atomic claim (RLAIF-V), or the whole response
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,14 @@ class FeedbackConfig:
         prefix_batch_size (int, defaults to 16): questions of one image packed into one forward pass after
             its cached prefix. The cache is shared, not copied; a chunk's attention mask has (question
             tokens) x (prefix + question tokens) entries.
+        unit (str, defaults to "claim"): what the labeler judges. "claim" is RLAIF-V's divide-and-conquer: one
+            yes/no question per atomic claim, score = -(rejected claims). "response" is the alternative the paper
+            argues against (for ``rlaifv ablate``): one question about the whole response
+            (``response_question``), score = P(yes) / (P(yes) + P(no)) in [0, 1]; pair it with a
+            ``PairConfig.min_margin`` below 1.
+        response_question (str, defaults to "{response}\nIs this description accurate?"): the whole-response
+            question of ``unit="response"``; ``{response}`` is replaced by the response text (the toy world's closed
+            grammar has no word for "accurate": ``ablations`` asks it "{response} ?").
     """
 
     batch_size: int = 64
@@ -61,12 +71,18 @@ class FeedbackConfig:
     reuse_image_features: bool = True
     shared_prefix: bool = True
     prefix_batch_size: int = 16
+    unit: str = "claim"
+    response_question: str = "{response}\nIs this description accurate?"
 
     def __post_init__(self) -> None:
         check_finite(self)
         for name in ("batch_size", "prefix_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.unit not in UNITS:
+            raise ConfigError(f"unit must be one of {UNITS} (claim = divide-and-conquer, official), got {self.unit!r}")
+        if "{response}" not in self.response_question:
+            raise ConfigError(f"response_question must contain '{{response}}' (where the response goes), got {self.response_question!r}")
 
 
 def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -208,4 +224,29 @@ def score_candidates(candidates: Sequence[Candidate], claims: Sequence[Claim], v
         vs = per_cand.get(cand.id, [])
         rejected = sum(not v.accepted for v in vs)
         out.append(ScoredCandidate(cand.id, cand.prompt_id, cand.text, float(-rejected) if vs else None, len(vs), rejected))
+    return out
+
+
+def score_responses(model: Any, processor: Any, candidates: Sequence[Candidate], images: dict[str, Any], cfg: FeedbackConfig | None = None, progress: bool = True) -> list[Verdict]:
+    """One verdict per candidate on ``cfg.response_question`` about the whole response (id ``<candidate id>/response``)."""
+    cfg = cfg or FeedbackConfig(unit="response")
+    prompt_ids = sorted(images)
+    where = {pid: k for k, pid in enumerate(prompt_ids)}
+    questions = [cfg.response_question.replace("{response}", c.text) for c in candidates]
+    probs = yes_no_probs(model, processor, [images[p] for p in prompt_ids], questions, [where[c.prompt_id] for c in candidates], cfg, progress)
+    return [Verdict(claim_id=f"{c.id}/response", p_yes=py, p_no=pn, accepted=py > pn) for c, (py, pn) in zip(candidates, probs)]
+
+
+def response_scores(candidates: Sequence[Candidate], claims: Sequence[Claim], verdicts: Sequence[Verdict]) -> list[ScoredCandidate]:
+    """Whole-response score = P(yes) / (P(yes) + P(no)) of its one verdict (None if the labeler gave neither any
+    mass); ``n_claims`` counts its atomic claims (for the audit), ``n_rejected`` is 1 when the verdict is no."""
+    by_id = {v.claim_id: v for v in verdicts}
+    n_claims: dict[str, int] = defaultdict(int)
+    for c in claims:
+        n_claims[c.candidate_id] += 1
+    out = []
+    for cand in candidates:
+        v = by_id[f"{cand.id}/response"]
+        mass = v.p_yes + v.p_no
+        out.append(ScoredCandidate(cand.id, cand.prompt_id, cand.text, v.p_yes / mass if mass > 0 else None, n_claims[cand.id], int(not v.accepted)))
     return out

@@ -66,6 +66,8 @@ RUN_FORMAT = 2  # bump when the layout or the meaning of an artifact changes (2:
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
 
 
+# settings added for the ablations (rlaifv ablate), recorded in run.json only when they differ from their default
+_RECORDED_WHEN_CHANGED = (("sampling", "second_temperature"), ("feedback", "unit"), ("feedback", "response_question"))
 _NESTED = {"sampling": SamplingConfig, "claims": ClaimsConfig, "feedback": FeedbackConfig, "pairs": PairConfig, "dpo": DPOSettings, "load": LoadOptions}
 
 
@@ -139,6 +141,8 @@ class RLAIFVConfig:
                 raise ConfigError(f"{name} must be >= 1 (a round or an evaluation over no prompt measures nothing), got {getattr(self, name)}")
         if self.sampling.n < 2:
             raise ConfigError(f"sampling.n must be >= 2: pairs need two candidates of one prompt, got {self.sampling.n}")
+        if self.feedback.unit == "response" and self.pairs.min_margin >= 1:
+            raise ConfigError(f"feedback.unit 'response' scores are P(yes) in [0, 1]: pairs.min_margin {self.pairs.min_margin} >= 1 pairs (almost) nothing (try 0.1)")
         if self.best_of_n == 1 or self.best_of_n < 0:
             raise ConfigError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
         if self.tuned_best_of_n == 1 or self.tuned_best_of_n < 0:
@@ -172,6 +176,9 @@ class RLAIFVConfig:
             del d["tuned_best_of_n"]  # off: the header of a run made before the setting existed still matches
         if d["load"]["dtype"] is not None:
             d["load"]["dtype"] = str(d["load"]["dtype"]).removeprefix("torch.")
+        for step, name in _RECORDED_WHEN_CHANGED:  # so runs made before these settings existed still resume, same files
+            if d[step][name] == _NESTED[step].__dataclass_fields__[name].default:
+                del d[step][name]
         return json.loads(json.dumps(d, default=str))
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "sweep_lines",
     "score_scatter",
     "pair_outcome_bars",
+    "ablation_bars",
     "save_figure",
 ]
 
@@ -371,6 +372,27 @@ def pair_outcome_bars(summaries: Mapping[str, Mapping[str, Any]], title: str = "
     ax.set(xlim=(0, 1), xlabel="share of pairs", title=title)
     ax.invert_yaxis()
     fig.legend(fontsize=7, ncols=4, loc="outside lower center")
+    return fig
+
+
+@_shown
+def ablation_bars(summary: Mapping[str, Any], keys: Sequence[str] = ("chair_i", "coverage", "share_fewer_false_claims", "wrong_way")) -> NotebookFigure:
+    """``ablations.run_ablations(...)``: one panel per metric, a bar per variant (mean, whiskers ± std over seeds);
+    the dashed line is the starting policy where it has the metric."""
+    fig, axes = _figure(ncols=len(keys), size=(3.0, 3.4))
+    order = (summary.get("config") or {}).get("variants") or list(summary["variants"])
+    names = [v for v in order if v in summary["variants"]]  # the sweep's order ("paper" first), not the JSON's sorted keys
+    for ax, key in zip(axes.ravel(), keys):
+        stats = [summary["variants"][v].get(key) or {} for v in names]
+        means = [s.get("mean") if s.get("mean") is not None else np.nan for s in stats]
+        errs = [s.get("std") or 0.0 for s in stats]
+        ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=["tab:green"] + ["tab:blue"] * (len(names) - 1))
+        base = (summary.get("baseline") or {}).get(key)
+        if base and base.get("mean") is not None:
+            ax.axhline(base["mean"], color="k", linestyle="--", linewidth=1, label="start")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(key, fontsize=9)
     return fig
 
 

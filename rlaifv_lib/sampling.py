@@ -15,9 +15,11 @@ after the prefill would need that internal state rewritten.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -49,6 +51,10 @@ class SamplingConfig:
         shared_prefill (bool, defaults to True): prefill each prompt once for all of its candidates in a
             ``generate`` batch (LLaVA and Idefics3/SmolVLM families; others prefill every row). The
             candidates are the same either way (tested).
+        second_temperature (float | None, defaults to None): None keeps the candidates deconfounded (one
+            setting for all). A number *confounds* them on purpose, for the ablation (``rlaifv ablate``): the
+            candidates with index >= ``(n + 1) // 2`` of every prompt are sampled at this temperature, so a
+            pair can differ in decoding style as well as in trustworthiness. Not an official setting.
     """
 
     n: int = 10
@@ -58,6 +64,7 @@ class SamplingConfig:
     batch_size: int = 64
     seed: int = 0
     shared_prefill: bool = True
+    second_temperature: float | None = None
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -69,6 +76,14 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        if self.second_temperature is not None and not self.second_temperature > 0:
+            raise ConfigError(f"second_temperature must be None (deconfounded, the default) or > 0, got {self.second_temperature}")
+        if self.second_temperature is not None and self.n < 2:
+            raise ConfigError(f"second_temperature needs n >= 2 (half the candidates use it), got n = {self.n}")
+
+    def temperature_of(self, index: int) -> float:
+        """The temperature of candidate ``index`` of a prompt (``second_temperature`` for the second half, when set)."""
+        return self.second_temperature if self.second_temperature is not None and index >= (self.n + 1) // 2 else self.temperature
 
 
 def candidate_seed(seed: int, prompt_id: str, index: int) -> int:
@@ -122,6 +137,26 @@ def _prefill(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
         return model(**short, position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1).cache
 
 
+def _second_temperature(sample: Callable[..., list[Candidate]]) -> Callable[..., list[Candidate]]:
+    """Lets ``sample_candidates`` honour ``SamplingConfig.second_temperature`` (the ablation's confounded candidates):
+    the first half of each prompt's candidates at ``temperature``, the rest at ``second_temperature``, with the
+    same per-candidate seeds and order. The second half is drawn from a full-``n`` pass at the second temperature
+    (its first half discarded): 1.5x the sampling work, for the ablation only."""
+
+    @functools.wraps(sample)
+    def wrapper(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
+        cfg = cfg or SamplingConfig()
+        if cfg.second_temperature is None:
+            return sample(model, processor, prompts, cfg, progress)
+        half = (cfg.n + 1) // 2
+        first = sample(model, processor, prompts, dataclasses.replace(cfg, n=half, second_temperature=None), progress)
+        hot = sample(model, processor, prompts, dataclasses.replace(cfg, temperature=cfg.second_temperature, second_temperature=None), progress)
+        by_key = {(c.prompt_id, c.index): c for c in first + [c for c in hot if c.index >= half]}
+        return [by_key[p.id, k] for p in prompts for k in range(cfg.n)]
+
+    return wrapper
+
+
 def generate_texts(model: Any, processor: Any, images: list, instructions: list[str], seeds: list[int], cfg: SamplingConfig) -> list[str]:
     """One sampled response per (image, instruction, seed) row, in a single ``generate`` call."""
     shared = cfg.shared_prefill and getattr(model.config, "model_type", "") in SHARED_PREFILL_FAMILIES
@@ -150,6 +185,7 @@ def generate_texts(model: Any, processor: Any, images: list, instructions: list[
     return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
+@_second_temperature
 def sample_candidates(model: Any, processor: Any, prompts: Sequence[Prompt], cfg: SamplingConfig | None = None, progress: bool = True) -> list[Candidate]:
     """N deconfounded candidates per prompt, batched over prompts x candidates (the batches split over the processes
     of a multi-process launch, see ``rlaifv_lib.distributed``)."""

@@ -24,7 +24,7 @@ def _rlaifv(*args: str) -> str:
 
 def test_every_documented_command_exists():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"pretrain-toy", "demo", "round", "run", "eval", "plan"}
+    assert set(sub.choices) == {"pretrain-toy", "demo", "round", "run", "eval", "plan", "ablate"}
 
 
 def test_table_names_rows_by_round_number():
