@@ -111,6 +111,14 @@ def real_shape(args: argparse.Namespace) -> None:
         print(f"  {name:<34} {r:11.1f} {tokens:27.1f} {r / rates['batched, whole prompt (today)']:9.1f}x {r / rates['generate, one question at a time']:10.1f}x {delta:21.1e} {agree:14.3f}")
 
 
+def add_real_shape_args(ap: argparse.ArgumentParser) -> None:
+    """The real-shape model's size flags (decoder and vision tower width and depth)."""
+    ap.add_argument("--text-hidden", type=int, default=256, help="real-shape: decoder width")
+    ap.add_argument("--text-layers", type=int, default=4, help="real-shape: decoder layers")
+    ap.add_argument("--vision-hidden", type=int, default=64, help="real-shape: vision tower width")
+    ap.add_argument("--vision-layers", type=int, default=2, help="real-shape: vision tower layers")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=20)
@@ -119,10 +127,7 @@ def main() -> None:
     ap.add_argument("--real-shape", action="store_true", help="the three ways on a random LLaVA-1.5-shaped model (576 image tokens)")
     ap.add_argument("--images", type=int, default=4, help="real-shape: images")
     ap.add_argument("--questions", type=int, default=16, help="real-shape: questions per image")
-    ap.add_argument("--text-hidden", type=int, default=256, help="real-shape: decoder width")
-    ap.add_argument("--text-layers", type=int, default=4, help="real-shape: decoder layers")
-    ap.add_argument("--vision-hidden", type=int, default=64, help="real-shape: vision tower width")
-    ap.add_argument("--vision-layers", type=int, default=2, help="real-shape: vision tower layers")
+    add_real_shape_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.real_shape:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from bench_feedback import add_real_shape_args  # the same real-shape model flags
 from rlaifv_lib.images import load_image
 from rlaifv_lib.models import chat_prompt, load_model, tokenizer_of
 from rlaifv_lib.sampling import SeededSampler, candidate_seed
@@ -86,10 +87,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--real-shape", action="store_true", help="a random LLaVA-1.5-shaped model (576 image tokens, 32064-token vocabulary)")
     ap.add_argument("--vocab", type=int, default=32064, help="real-shape: vocabulary size")
-    ap.add_argument("--text-hidden", type=int, default=256, help="real-shape: decoder width")
-    ap.add_argument("--text-layers", type=int, default=4, help="real-shape: decoder layers")
-    ap.add_argument("--vision-hidden", type=int, default=64, help="real-shape: vision tower width")
-    ap.add_argument("--vision-layers", type=int, default=2, help="real-shape: vision tower layers")
+    add_real_shape_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
