@@ -505,7 +505,7 @@ def test_evaluations_over_nothing_are_errors_not_zeros(tiny_toy):
         evaluate_policy(*tiny_toy, [])
     with pytest.raises(EmptyEvaluationError, match="CHAIR of no responses"):
         chair([], [])
-    with pytest.raises(ConfigError, match="best_of_n_prompts must be >= 1 when best_of_n is on"):
+    with pytest.raises(ConfigError, match="best_of_n_prompts must be >= 1 when best_of_n or tuned_best_of_n is on"):
         tiny_config(best_of_n_prompts=0)
     assert tiny_config(best_of_n=0, best_of_n_prompts=0).best_of_n == 0  # off: nothing is measured
 
