@@ -18,12 +18,13 @@ group already initialised, so sampling, scoring and DDP training share one launc
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-__all__ = ["launched", "setup", "rank", "world_size", "is_main", "barrier", "agree", "map_shards", "share", "shard_devices"]
+__all__ = ["launched", "setup", "rank", "world_size", "is_main", "barrier", "agree", "map_shards", "share", "shard_devices", "teardown"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,6 +47,13 @@ def setup() -> None:
     else:
         PartialState(cpu=True, backend="gloo")
     torch.set_num_threads(threads)
+    atexit.register(teardown)  # gloo's threads must stop before the interpreter does, or the exit aborts
+
+
+def teardown() -> None:
+    """Leave the launch's process group (nothing if none is initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _active() -> bool:
