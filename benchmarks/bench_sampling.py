@@ -37,7 +37,7 @@ from rlaifv_lib.toyworld import INSTRUCTIONS, evaluation_scenes, render_scene
 
 
 class PerRowMultinomial:
-    """The sampler before it moved onto the device: ``torch.multinomial`` on a CPU generator, row by row."""
+    """The sampler before it moved onto the device: ``torch.multinomial`` on a CPU generator, row by row (tests/test_sampling.py checks SeededSampler against it)."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float = 1.0):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -45,6 +45,10 @@ class PerRowMultinomial:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
+            probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
         out = torch.full_like(scores, float("-inf"))
         for row, gen in enumerate(self.generators):
             tok = torch.multinomial(probs[row].cpu(), 1, generator=gen)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +16,9 @@ from rlaifv_lib.sampling import SamplingConfig, candidate_seed, sample_candidate
 from rlaifv_lib.toyworld import evaluation_scenes, render_scene
 
 from tiny_models import build_tiny
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench_sampling import PerRowMultinomial  # noqa: E402  (the old sampler, the one the benchmark times)
 
 
 def _prompts(n: int = 3) -> list[Prompt]:
@@ -87,30 +93,11 @@ def test_shared_prefill_gives_todays_candidates_on_tiny_architectures(arch, monk
     assert len({c.text for c in today}) > 1
 
 
-class _PerRowMultinomial:
-    """The sampler before it moved onto the device: ``torch.multinomial`` on a CPU generator, row by row."""
-
-    def __init__(self, seeds, temperature, top_p=1.0):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids, scores):
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_p, idx = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
-            probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-        out = torch.full_like(scores, float("-inf"))
-        for row, gen in enumerate(self.generators):
-            out[row, torch.multinomial(probs[row].cpu(), 1, generator=gen)] = 0.0
-        return out
-
-
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exponential_race_draws_what_per_row_multinomial_drew_on_cpu(top_p, dtype):
     seeds = [candidate_seed(0, f"p{k % 3}", k) for k in range(8)]
-    new, old = sampling.SeededSampler(seeds, 0.7, top_p), _PerRowMultinomial(seeds, 0.7, top_p)
+    new, old = sampling.SeededSampler(seeds, 0.7, top_p), PerRowMultinomial(seeds, 0.7, top_p)
     gen = torch.Generator().manual_seed(0)
     for step in range(30):  # peaked and flat distributions over a Llama-sized and a toy-sized vocabulary
         scores = (torch.randn(8, 32064 if step % 2 else 37, generator=gen) * (1 + step % 5)).to(dtype)
@@ -124,7 +111,7 @@ def test_toy_policy_candidates_are_those_of_per_row_multinomial(toy_policy, monk
     model, proc = toy_policy
     cfg = SamplingConfig(n=4, batch_size=8, top_p=0.95)
     now = sample_candidates(model, proc, _prompts(3), cfg, progress=False)
-    monkeypatch.setattr(sampling, "SeededSampler", _PerRowMultinomial)
+    monkeypatch.setattr(sampling, "SeededSampler", PerRowMultinomial)
     before = sample_candidates(model, proc, _prompts(3), cfg, progress=False)
     assert [c.text for c in now] == [c.text for c in before]
     assert len({c.text for c in now}) > 1
