@@ -60,7 +60,7 @@ from .rundir import RunDirectory
 from .sampling import SamplingConfig, sample_candidates
 from .sources import DESCRIBE, ListSource, PromptSource, ToySource, open_source, round_seed
 
-__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "config_from_dict", "latest_policy", "quick_config", "notebook_config", "base_and_tuned"]
+__all__ = ["RUN_FORMAT", "RLAIFVConfig", "RLAIFVRun", "SUMMARY_KEYS", "config_from_dict", "latest_policy", "quick_config", "notebook_config", "base_and_tuned", "guided_best_of_n"]
 
 RUN_FORMAT = 2  # bump when the layout or the meaning of an artifact changes (2: artifacts record their configuration)
 SUMMARY_KEYS = ("chair_i", "chair_s", "coverage", "mean_words", "labeler_accuracy", "n_pairs", "seconds")
@@ -400,19 +400,12 @@ class RLAIFVRun:
             return self.rd.read_json(path)
         prompts = self._eval[: self.cfg.best_of_n_prompts]
         base_path, final_path = self.policy_path(0), self.policy_path(self.cfg.rounds)
-        scfg = SamplingConfig(**{**asdict(self.cfg.sampling), "n": n, "seed": round_seed(self.cfg.seed, 0, name)})
         sampler, processor = self._model(sampler_path)
-        cands = sample_candidates(sampler, processor, prompts, scfg, self.progress)
         self._loaded.clear()
         base = sampler if sampler_path == base_path else load_model(base_path, options=self.cfg.load)[0]
         final = sampler if sampler_path == final_path else load_model(final_path, options=self.cfg.load)[0]
-        scores = score_for_guidance(final, base, processor, prompts, cands, GuidanceConfig(beta=self.cfg.dpo.beta), self.progress)
-        picks = compare_selections(cands, scores, seed=self.cfg.seed)
+        out = guided_best_of_n(sampler, base, final, processor, prompts, self.cfg.sampling, n, self.cfg.seed, name, self.cfg.dpo.beta, self._pick_metrics, self.progress)
         del final, base, sampler
-        out: dict[str, Any] = {"n": n, "prompts": len(prompts)}
-        for sel, chosen in picks.items():
-            prefix = "" if sel == "reward" else f"{sel}_"
-            out.update({f"{prefix}{key}": v for key, v in self._pick_metrics(prompts, [chosen[p.id] for p in prompts]).items()})
         self.rd.write_json(path, out)
         return out
 
@@ -486,6 +479,19 @@ def notebook_config(**overrides: Any) -> RLAIFVConfig:
     and best-of-4 on 16 scenes; ``overrides`` replace any ``RLAIFVConfig`` field."""
     base: dict[str, Any] = dict(rounds=2, eval_scenes=60, best_of_n=4, best_of_n_prompts=16)
     return RLAIFVConfig(**{**base, **overrides})
+
+
+def guided_best_of_n(sampler: Any, base: Any, final: Any, processor: Any, prompts: list[Prompt], sampling: SamplingConfig, n: int, seed: int, name: str,
+                     beta: float, metrics: Callable[[list[Prompt], list], dict], progress: bool = True) -> dict:
+    """N samples per prompt from ``sampler``, picked by ``final``'s implicit reward (reference ``base``), at random and by log-likelihood; ``metrics`` of each pick."""
+    scfg = SamplingConfig(**{**asdict(sampling), "n": n, "seed": round_seed(seed, 0, name)})
+    cands = sample_candidates(sampler, processor, prompts, scfg, progress)
+    scores = score_for_guidance(final, base, processor, prompts, cands, GuidanceConfig(beta=beta), progress)
+    out: dict[str, Any] = {"n": n, "prompts": len(prompts)}
+    for sel, chosen in compare_selections(cands, scores, seed=seed).items():
+        prefix = "" if sel == "reward" else f"{sel}_"
+        out.update({f"{prefix}{key}": v for key, v in metrics(prompts, [chosen[p.id] for p in prompts]).items()})
+    return out
 
 
 def base_and_tuned(run_dir: str | Path, fallback_dir: str | Path, cfg: RLAIFVConfig | None = None, progress: bool = True, rounds: int | None = None) -> tuple[str, Path]:
